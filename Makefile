@@ -1,0 +1,87 @@
+# digitd. On a fresh machine:  make demo   (main job)   and   make test
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PAHO16 := $(VENV)/paho16
+PREFIX ?= /opt/digitd
+DESTDIR ?=
+SYSCONFDIR ?= /etc
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+DEVICE_CODE := daemon engine_build/build_engine.py
+
+.PHONY: help setup mosquitto data train baselines export eval test lint demo build-engine install uninstall bench clean
+
+help:
+	@echo "make demo          run the daemon on the bundled sample video (CPU) and print what MQTT receives"
+	@echo "make test          lint, Python 3.6 check and the test suite (installs what it needs)"
+	@echo "make setup         create $(VENV) with the pinned dependencies"
+	@echo "make data          download MNIST into data/mnist (needs internet)"
+	@echo "make train         train the default model -> models/digits.keras"
+	@echo "make baselines     train the seed baselines (seed001, mlp) -> models/baselines/"
+	@echo "make export        Keras -> ONNX (opset 13) + FP16 ONNX + sidecars"
+	@echo "make eval          accuracy, per-class table and confusion matrices"
+	@echo "make build-engine  ONNX -> TensorRT engine (on the Jetson)"
+	@echo "make install       install under PREFIX=$(PREFIX) with the systemd unit (DESTDIR supported)"
+	@echo "make bench         benchmarks -> bench/results/"
+
+setup: $(STAMP)
+
+$(STAMP): requirements/host.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements/host.txt
+	@touch $@
+
+# Mosquitto for tests and the demo: installed with apt when missing and we are root.
+mosquitto:
+	@if command -v mosquitto >/dev/null || test -x /usr/sbin/mosquitto; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing mosquitto with apt-get"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null); \
+	else echo "mosquitto not found: install it (apt-get install mosquitto) for the MQTT tests and demo"; fi
+
+data: $(STAMP)
+	$(PY) -m engine_build.mnist download --data-dir data/mnist
+
+train: $(STAMP)
+	$(PY) -m engine_build.train --output models/digits.keras
+
+baselines: $(STAMP)
+	$(PY) -m engine_build.train --arch seed001 --output models/baselines/seed001.keras
+	$(PY) -m engine_build.train --arch mlp --output models/baselines/mlp.keras
+
+export: $(STAMP)
+	$(PY) -m engine_build.export_onnx --model models/digits.keras --output models/digits.onnx
+
+eval: $(STAMP)
+	$(PY) -m engine_build.evaluate
+
+samples/demo.mp4:
+	$(MAKE) $(STAMP)
+	$(PY) -m engine_build.make_video --output $@
+
+demo: $(STAMP) mosquitto samples/demo.mp4
+	$(PY) -m tools.demo
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m vermin -q --no-tips --violations -t=3.6- --eval-annotations $(DEVICE_CODE)
+
+test: $(STAMP) mosquitto lint
+	$(PY) -m pytest -q
+	@# the MQTT tests once more with paho-mqtt 1.6 (the last release for the Nano's Python 3.6)
+	@test -f $(PAHO16)/paho/mqtt/client.py || $(PY) -m pip install --quiet --target $(PAHO16) paho-mqtt==1.6.1
+	PYTHONPATH=$(PAHO16) DIGITD_EXPECT_PAHO=1.6 $(PY) -m pytest -q -m mqtt
+
+build-engine:
+	@py=python3; [ -x $(PY) ] && py=$(PY); \
+	$$py -m engine_build.build_engine --onnx models/digits.onnx
+
+bench: $(STAMP) mosquitto
+	$(PY) -m bench.run $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,46 @@
+"""Model metadata sidecars: ``<model file>.json`` next to every model and engine."""
+
+import hashlib
+import json
+import os
+
+LABELS = [str(digit) for digit in range(10)]
+
+
+class ModelMetadataError(Exception):
+    """A sidecar is missing, unreadable, or does not match its model."""
+
+
+def sidecar_path(model_path):
+    """``models/digits.onnx`` -> ``models/digits.onnx.json``."""
+    return str(model_path) + ".json"
+
+
+def sha256_of(path):
+    """Hex SHA-256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(str(path), "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read(model_path):
+    """Return the sidecar dict of ``model_path``."""
+    path = sidecar_path(model_path)
+    try:
+        with open(path) as handle:
+            return json.load(handle)
+    except (OSError, ValueError) as exc:
+        raise ModelMetadataError("cannot read model metadata %s: %s" % (path, exc)) from exc
+
+
+def write(model_path, metadata):
+    """Write ``metadata`` as the sidecar of ``model_path`` (stable key order)."""
+    path = sidecar_path(model_path)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as handle:
+        json.dump(metadata, handle, indent=2, sort_keys=True)
+        handle.write("\n")
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,221 @@
+"""Turn a crop into the model's input: float32 28x28x1 in [0, 1], ink bright on dark.
+
+This module is the only place where normalisation lives. Training
+(``engine_build``) imports ``normalise_uint8`` and the constants below, so the
+network sees exactly what the daemon feeds it.
+"""
+
+import logging
+
+import cv2
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+INPUT_SIZE = 28  # MNIST image side
+DIGIT_BOX = 20  # MNIST digits are fitted into 20x20, then centred by mass in 28x28
+PIXEL_SCALE = 1.0 / 255.0
+INPUT_DTYPE = np.float32
+NORMALISATION = {
+    "scale": PIXEL_SCALE,
+    "offset": 0.0,
+    "range": [0.0, 1.0],
+    "polarity": "ink bright on dark background",
+    "description": "float32 = uint8 * (1/255); digit fitted into 20x20, centre of mass at 14,14",
+}
+THRESHOLD_METHODS = ("otsu", "fixed", "adaptive")
+POLARITIES = ("auto", "dark_on_light", "light_on_dark")
+
+
+def normalise_uint8(images):
+    """uint8 images [N,28,28] or [N,28,28,1] with ink bright -> float32 [N,28,28,1] in [0,1]."""
+    images = np.asarray(images)
+    if images.ndim == 3:
+        images = images[..., np.newaxis]
+    return images.astype(INPUT_DTYPE) * INPUT_DTYPE(PIXEL_SCALE)
+
+
+class PreprocessParams(object):
+    """Settings of the crop -> tensor conversion (``preprocess`` section of the config)."""
+
+    def __init__(
+        self,
+        blur_kernel=5,
+        threshold="otsu",
+        fixed_threshold=128,
+        adaptive_block_size=31,
+        adaptive_c=10,
+        polarity="auto",
+        morphology="none",
+        morph_kernel=3,
+        min_contrast=40,
+        min_ink_fraction=0.004,
+        max_ink_fraction=0.6,
+        min_component_fraction=0.08,
+    ):
+        self.blur_kernel = blur_kernel
+        self.threshold = threshold
+        self.fixed_threshold = fixed_threshold
+        self.adaptive_block_size = adaptive_block_size
+        self.adaptive_c = adaptive_c
+        self.polarity = polarity
+        self.morphology = morphology
+        self.morph_kernel = morph_kernel
+        self.min_contrast = min_contrast
+        self.min_ink_fraction = min_ink_fraction
+        self.max_ink_fraction = max_ink_fraction
+        self.min_component_fraction = min_component_fraction
+
+    @classmethod
+    def from_config(cls, section):
+        """Build from a config section object or dict (missing keys keep defaults)."""
+        if section is None:
+            return cls()
+        values = section if isinstance(section, dict) else vars(section)
+        return cls(**values)
+
+
+class PreparedCrop(object):
+    """Result of preprocessing one crop."""
+
+    __slots__ = ("tensor", "empty", "reason", "ink_mask", "ink_box")
+
+    def __init__(self, tensor, empty, reason="", ink_mask=None, ink_box=None):
+        self.tensor = tensor  # float32 [28,28,1]
+        self.empty = empty  # True when no digit is present; tensor is then all zero
+        self.reason = reason
+        self.ink_mask = ink_mask  # uint8 mask of the ink kept, in crop coordinates (debug view)
+        self.ink_box = ink_box  # (x, y, w, h) of the ink inside the crop, or None
+
+
+def to_gray(image):
+    """Any 8- or 16-bit gray/BGR/BGRA image -> uint8 gray."""
+    image = np.asarray(image)
+    if image.dtype != np.uint8:
+        if image.dtype == np.uint16:
+            image = (image >> 8).astype(np.uint8)
+        elif np.issubdtype(image.dtype, np.floating):
+            scale = 255.0 if image.max(initial=0.0) <= 1.0 else 1.0
+            image = np.clip(image * scale, 0, 255).astype(np.uint8)
+        else:
+            image = np.clip(image, 0, 255).astype(np.uint8)
+    if image.ndim == 2:
+        return image
+    if image.ndim == 3 and image.shape[2] == 1:
+        return image[:, :, 0]
+    if image.ndim == 3 and image.shape[2] == 3:
+        return cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+    if image.ndim == 3 and image.shape[2] == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2GRAY)
+    raise ValueError("unsupported image shape %s" % (image.shape,))
+
+
+def _ink_bright(gray, params):
+    """Return the image with ink bright on a dark background (polarity decided here)."""
+    if params.polarity == "dark_on_light":
+        return 255 - gray
+    if params.polarity == "light_on_dark":
+        return gray
+    # The crop's border is paper: ink is whatever lies on the other side of the mean.
+    border = np.concatenate([gray[0, :], gray[-1, :], gray[:, 0], gray[:, -1]])
+    return 255 - gray if np.median(border) > gray.mean() else gray
+
+
+def _binarise(ink, params):
+    if params.threshold == "fixed":
+        level = params.fixed_threshold
+        return (ink > level).astype(np.uint8) * 255, level
+    if params.threshold == "adaptive":
+        block = max(3, params.adaptive_block_size | 1)
+        mask = cv2.adaptiveThreshold(
+            ink, 255, cv2.ADAPTIVE_THRESH_GAUSSIAN_C, cv2.THRESH_BINARY, block, -params.adaptive_c
+        )
+        inked = ink[mask > 0]
+        return mask, float(inked.min()) if inked.size else 255.0
+    level, mask = cv2.threshold(ink, 0, 255, cv2.THRESH_BINARY | cv2.THRESH_OTSU)
+    return mask, level
+
+
+def _morph(mask, params):
+    if params.morphology == "none":
+        return mask
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (params.morph_kernel,) * 2)
+    operation = {
+        "open": cv2.MORPH_OPEN,
+        "close": cv2.MORPH_CLOSE,
+        "dilate": cv2.MORPH_DILATE,
+        "erode": cv2.MORPH_ERODE,
+    }[params.morphology]
+    return cv2.morphologyEx(mask, operation, kernel)
+
+
+def _keep_digit_components(mask, min_fraction):
+    """Drop specks: keep components at least ``min_fraction`` of the largest one."""
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    if count <= 1:
+        return mask
+    areas = stats[1:, cv2.CC_STAT_AREA]
+    keep = np.flatnonzero(areas >= areas.max() * min_fraction) + 1
+    lut = np.zeros(count, np.uint8)
+    lut[keep] = 255
+    return lut[labels]
+
+
+def fit_digit(ink, mask=None):
+    """Place ink (bright on dark, uint8) into a 28x28 MNIST frame: 20x20 box, mass-centred."""
+    if mask is not None:
+        ink = np.where(mask > 0, ink, 0).astype(np.uint8)
+    ys, xs = np.nonzero(ink)
+    if ys.size == 0:
+        return np.zeros((INPUT_SIZE, INPUT_SIZE), np.uint8)
+    ink = ink[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+    height, width = ink.shape
+    scale = float(DIGIT_BOX) / max(height, width)
+    new_w = max(1, int(round(width * scale)))
+    new_h = max(1, int(round(height * scale)))
+    interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    small = cv2.resize(ink, (new_w, new_h), interpolation=interpolation)
+    canvas = np.zeros((INPUT_SIZE, INPUT_SIZE), np.float32)
+    top = (INPUT_SIZE - new_h) // 2
+    left = (INPUT_SIZE - new_w) // 2
+    canvas[top : top + new_h, left : left + new_w] = small
+    moments = cv2.moments(canvas)
+    if moments["m00"] > 0:
+        shift_x = INPUT_SIZE / 2.0 - moments["m10"] / moments["m00"]
+        shift_y = INPUT_SIZE / 2.0 - moments["m01"] / moments["m00"]
+        matrix = np.float32([[1, 0, shift_x], [0, 1, shift_y]])
+        canvas = cv2.warpAffine(canvas, matrix, (INPUT_SIZE, INPUT_SIZE), flags=cv2.INTER_LINEAR)
+    return np.clip(canvas, 0, 255).astype(np.uint8)
+
+
+def prepare(crop, params=None):
+    """Crop (gray or BGR, any size, any polarity) -> PreparedCrop with the model tensor."""
+    params = params or PreprocessParams()
+    gray = to_gray(crop)
+    if gray.size == 0 or min(gray.shape) < 4:
+        return _empty("crop too small")
+    if params.blur_kernel and params.blur_kernel > 1:
+        gray = cv2.GaussianBlur(gray, (params.blur_kernel | 1,) * 2, 0)
+    ink = _ink_bright(gray, params)
+    low, high = np.percentile(ink, (5, 99.5))
+    if high - low < params.min_contrast:
+        return _empty("contrast %.0f below %d" % (high - low, params.min_contrast))
+    mask, level = _binarise(ink, params)
+    mask = _morph(mask, params)
+    ink_fraction = np.count_nonzero(mask) / float(mask.size)
+    if ink_fraction < params.min_ink_fraction:
+        return _empty("ink %.4f below %.4f" % (ink_fraction, params.min_ink_fraction), mask)
+    if ink_fraction > params.max_ink_fraction:
+        return _empty("ink %.2f above %.2f" % (ink_fraction, params.max_ink_fraction), mask)
+    mask = _keep_digit_components(mask, params.min_component_fraction)
+    # Soft ink keeps anti-aliased edges like MNIST's: background 0, strong ink 255.
+    soft = np.clip((ink.astype(np.float32) - low) * (255.0 / max(high - low, 1.0)), 0, 255)
+    soft = np.where(mask > 0, soft, 0).astype(np.uint8)
+    ys, xs = np.nonzero(mask)
+    box = (int(xs.min()), int(ys.min()), int(xs.ptp() + 1), int(ys.ptp() + 1))
+    digit = fit_digit(soft)
+    return PreparedCrop(normalise_uint8(digit[np.newaxis])[0], False, "", mask, box)
+
+
+def _empty(reason, mask=None):
+    return PreparedCrop(np.zeros((INPUT_SIZE, INPUT_SIZE, 1), INPUT_DTYPE), True, reason, mask)

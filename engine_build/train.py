@@ -1,0 +1,193 @@
+"""Train the digit classifier on MNIST.
+
+    python -m engine_build.train                      # default digitnet -> models/digits.keras
+    python -m engine_build.train --arch seed001 --output models/baselines/seed001.keras
+
+Writes the model, a metrics JSON and a training-curve PNG next to it.
+"""
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from daemon.preprocess import normalise_uint8
+from engine_build import mnist, models
+from engine_build.augment import AugmentParams, augment_batch
+
+log = logging.getLogger(__name__)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description="Train a digit classifier on MNIST.")
+    parser.add_argument("--arch", default="digitnet", choices=models.ARCHITECTURES)
+    parser.add_argument("--output", default="models/digits.keras", help="model file (.keras)")
+    parser.add_argument("--data-dir", default=None, help="MNIST folder (default: search)")
+    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--learning-rate", type=float, default=3e-3)
+    parser.add_argument("--validation", type=int, default=5000, help="images held out")
+    parser.add_argument("--patience", type=int, default=4, help="early-stopping patience")
+    parser.add_argument("--subset", type=int, default=0, help="train on the first N only (smoke)")
+    parser.add_argument("--no-augment", action="store_true")
+    parser.add_argument("--seed", type=int, default=1234)
+    parser.add_argument("--threads", type=int, default=0, help="TensorFlow threads (0 = all)")
+    return parser.parse_args(argv)
+
+
+class AugmentedSequence(object):
+    """Builds a keras Sequence that re-augments the whole training set every epoch."""
+
+    @staticmethod
+    def create(images, labels, batch_size, seed, augment):
+        import tensorflow as tf
+
+        class _Sequence(tf.keras.utils.Sequence):
+            def __init__(self):
+                super().__init__()
+                self.rng = np.random.default_rng(seed)
+                self.epoch_images = None
+                self.epoch_labels = None
+                self.on_epoch_end()
+
+            def __len__(self):
+                return int(np.ceil(len(images) / float(batch_size)))
+
+            def __getitem__(self, index):
+                part = slice(index * batch_size, (index + 1) * batch_size)
+                return self.epoch_images[part], self.epoch_labels[part]
+
+            def on_epoch_end(self):
+                order = self.rng.permutation(len(images))
+                batch = images[order]
+                if augment:
+                    batch = augment_batch(batch, self.rng, AugmentParams())
+                self.epoch_images = normalise_uint8(batch)
+                self.epoch_labels = labels[order]
+
+        return _Sequence()
+
+
+def save_curves(history, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = np.arange(1, len(history["loss"]) + 1)
+    figure, (loss_axis, acc_axis) = plt.subplots(1, 2, figsize=(10, 4))
+    loss_axis.plot(epochs, history["loss"], label="train")
+    loss_axis.plot(epochs, history["val_loss"], label="validation")
+    loss_axis.set_xlabel("epoch")
+    loss_axis.set_ylabel("cross-entropy")
+    loss_axis.legend()
+    acc_axis.plot(epochs, history["accuracy"], label="train (augmented)")
+    acc_axis.plot(epochs, history["val_accuracy"], label="validation")
+    acc_axis.set_xlabel("epoch")
+    acc_axis.set_ylabel("accuracy")
+    acc_axis.legend()
+    figure.suptitle("training curves")
+    figure.tight_layout()
+    figure.savefig(str(path), dpi=100)
+    plt.close(figure)
+
+
+def main(args):
+    """Train, evaluate on the MNIST test set and save model, metrics and curves."""
+    started = time.time()
+    import tensorflow as tf
+
+    if args.threads:
+        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+    train_images, train_labels = mnist.load_split("train", args.data_dir)
+    test_images, test_labels = mnist.load_split("test", args.data_dir)
+    rng = np.random.default_rng(args.seed)
+    order = rng.permutation(len(train_images))
+    validation_idx, training_idx = order[: args.validation], order[args.validation :]
+    if args.subset:
+        training_idx = training_idx[: args.subset]
+    fit_images, fit_labels = train_images[training_idx], train_labels[training_idx]
+    val_x, val_y = normalise_uint8(train_images[validation_idx]), train_labels[validation_idx]
+
+    model = models.build(args.arch, seed=args.seed)
+    steps = int(np.ceil(len(fit_images) / float(args.batch_size))) * args.epochs
+    schedule = tf.keras.optimizers.schedules.CosineDecay(
+        0.0, steps, alpha=0.01, warmup_target=args.learning_rate, warmup_steps=max(1, steps // 15)
+    )
+    model.compile(
+        optimizer=tf.keras.optimizers.Adam(schedule),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    parameters = int(model.count_params())
+    flops = models.flops_per_image(model)
+    print("%s: %d parameters, %.2f MFLOPs per image" % (args.arch, parameters, flops / 1e6))
+    sequence = AugmentedSequence.create(
+        fit_images, fit_labels, args.batch_size, args.seed, not args.no_augment
+    )
+    callbacks = [
+        tf.keras.callbacks.EarlyStopping(
+            monitor="val_loss", patience=args.patience, restore_best_weights=True
+        )
+    ]
+    history = model.fit(
+        sequence,
+        validation_data=(val_x, val_y),
+        epochs=args.epochs,
+        callbacks=callbacks,
+        verbose=1 if sys.stdout.isatty() else 2,
+    )
+    test_probabilities = model.predict(normalise_uint8(test_images), batch_size=1000, verbose=0)
+    test_accuracy = float(np.mean(np.argmax(test_probabilities, axis=1) == test_labels))
+    wall_time = time.time() - started
+
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    # Ship an uncompiled copy: the optimizer state would triple the file and serves no reader.
+    shipped = tf.keras.models.clone_model(model)
+    shipped.set_weights(model.get_weights())
+    shipped.save(str(output))
+    curves = output.with_suffix(".train.png")
+    save_curves(history.history, curves)
+    metrics = {
+        "architecture": args.arch,
+        "model": str(output),
+        "test_accuracy": test_accuracy,
+        "test_errors": int(round((1 - test_accuracy) * len(test_labels))),
+        "parameters": parameters,
+        "flops_per_image": flops,
+        "epochs_run": len(history.history["loss"]),
+        "best_val_accuracy": float(max(history.history["val_accuracy"])),
+        "training_images": int(len(fit_images)),
+        "validation_images": int(len(validation_idx)),
+        "augmented": not args.no_augment,
+        "seed": args.seed,
+        "batch_size": args.batch_size,
+        "wall_time_s": round(wall_time, 1),
+        "tensorflow": tf.__version__,
+        "history": {k: [float(v) for v in values] for k, values in history.history.items()},
+    }
+    metrics_path = output.with_suffix(".train.json")
+    metrics_path.write_text(json.dumps(metrics, indent=2) + "\n")
+    print(
+        "test accuracy %.4f (%d errors) | %d parameters | %.2f MFLOPs/image | wall time %.0f s"
+        % (test_accuracy, metrics["test_errors"], parameters, flops / 1e6, wall_time)
+    )
+    print("wrote %s, %s, %s" % (output, metrics_path, curves))
+    return 0
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        sys.exit(main(parse_args()))
+    except mnist.MnistDataError as error:
+        print("error: %s" % error, file=sys.stderr)
+        sys.exit(1)

@@ -1,0 +1,38 @@
+"""The shipped model on the full MNIST test set, through the daemon's ONNX Runtime backend."""
+
+import numpy as np
+import pytest
+
+from daemon.preprocess import normalise_uint8
+from engine_build import evaluate
+from tests.conftest import MODELS
+
+
+@pytest.fixture(scope="module")
+def test_batch(mnist_test):
+    return normalise_uint8(mnist_test[0]), mnist_test[1]
+
+
+def test_shipped_onnx_reaches_99_6_percent(test_batch):
+    result, _ = evaluate.evaluate_model(MODELS / "digits.onnx", *test_batch)
+    assert result["accuracy"] >= 0.996, result["accuracy"]
+    assert min(result["per_class_accuracy"]) >= 0.99
+
+
+def test_fp16_model_stays_within_0_05_points(test_batch):
+    fp32, fp32_probs = evaluate.evaluate_model(MODELS / "digits.onnx", *test_batch)
+    fp16, fp16_probs = evaluate.evaluate_model(MODELS / "digits.fp16.onnx", *test_batch)
+    assert fp16["accuracy"] >= 0.995
+    assert abs(fp16["accuracy"] - fp32["accuracy"]) <= 0.0005
+    assert np.abs(fp16_probs - fp32_probs).max() < 0.05  # FP16 really differs, slightly
+    assert np.abs(fp16_probs - fp32_probs).max() > 0
+
+
+def test_evaluate_cli_writes_table_json_and_confusion_png(tmp_path):
+    code = evaluate.main(
+        evaluate.parse_args(["--model", str(MODELS / "digits.onnx"), "--out-dir", str(tmp_path)])
+    )
+    assert code == 0
+    assert (tmp_path / "evaluation.json").exists() and (tmp_path / "evaluation.md").exists()
+    png = tmp_path / "confusion_digits_onnx.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
