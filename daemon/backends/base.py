@@ -1,0 +1,43 @@
+"""The backend interface every inference runtime implements."""
+
+NUM_CLASSES = 10
+
+
+class BackendUnavailable(Exception):
+    """The runtime or its model file is missing or unusable (exit code 69)."""
+
+
+class Backend(object):
+    """load() once, infer(batch) many times, close() once.
+
+    ``infer`` takes float32 [N,28,28,1] from daemon.preprocess (N <= max_batch) and
+    returns float32 probabilities [N,10]. ``name`` goes into every payload.
+    """
+
+    name = "base"
+    max_batch = 1024
+
+    def load(self):
+        raise NotImplementedError
+
+    def infer(self, batch):
+        raise NotImplementedError
+
+    def close(self):
+        """Release the runtime; safe to call twice."""
+
+    def infer_all(self, batch):
+        """Run a batch of any size in chunks of at most ``max_batch``."""
+        if len(batch) <= self.max_batch:
+            return self.infer(batch)
+        import numpy as np
+
+        parts = [self.infer(batch[i : i + self.max_batch]) for i in range(0, len(batch), self.max_batch)]
+        return np.concatenate(parts)
+
+    def __enter__(self):
+        self.load()
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()

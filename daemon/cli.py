@@ -1,0 +1,176 @@
+"""Command line: ``python -m daemon run|check-config|predict`` (installed as ``digitd``).
+
+Exit codes: 0 clean stop; 78 configuration error; 69 backend or source
+unavailable; 1 anything unexpected (and ``predict`` when an image is unreadable).
+"""
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+
+EXIT_OK = 0
+EXIT_UNEXPECTED = 1
+EXIT_UNAVAILABLE = 69
+EXIT_CONFIG = 78
+
+PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+log = logging.getLogger("daemon")
+
+
+def setup_logging(level="INFO"):
+    """Plain lines for journald (it adds timestamps), timestamped lines on a terminal."""
+    if os.environ.get("JOURNAL_STREAM"):
+        fmt = "%(levelname)s %(name)s: %(message)s"
+    else:
+        fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(fmt))
+    root.addHandler(handler)
+    root.setLevel(level)
+    logging.getLogger("paho").setLevel(max(logging.getLevelName(level), logging.WARNING))
+
+
+def resolve_model_paths(backend_settings, base_dirs):
+    """Relative model paths are tried against the working directory, then each base dir."""
+    for key in ("onnx_model", "keras_model", "engine"):
+        path = getattr(backend_settings, key)
+        if os.path.isabs(path) or os.path.exists(path):
+            continue
+        for base in base_dirs:
+            candidate = os.path.join(base, path)
+            if os.path.exists(candidate) or key == "engine" and os.path.exists(os.path.dirname(candidate)):
+                setattr(backend_settings, key, candidate)
+                break
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="digitd", description="Read handwritten digits from a camera.")
+    commands = parser.add_subparsers(dest="command")
+    run = commands.add_parser("run", help="run the daemon until SIGTERM/SIGINT or the input ends")
+    run.add_argument("-c", "--config", default="config.yaml")
+    run.add_argument("--max-frames", type=int, default=0, help="stop after N frames")
+    check = commands.add_parser("check-config", help="validate a config file (exit 0 or 78)")
+    check.add_argument("-c", "--config", default="config.yaml")
+    predict = commands.add_parser("predict", help="read the digit(s) in image files")
+    predict.add_argument("images", nargs="+", metavar="IMAGE")
+    predict.add_argument("--roi", default="center", choices=("center",))
+    predict.add_argument("--json", action="store_true", help="one JSON object per image")
+    predict.add_argument("-c", "--config", default=None, help="take backend/preprocess settings from here")
+    return parser
+
+
+def _load_config(path):
+    from daemon import config as config_module
+
+    return config_module.load(path)
+
+
+def _print_config_errors(error, path):
+    print("%s: %d configuration error(s):" % (path, len(error.errors)), file=sys.stderr)
+    for line in error.errors:
+        print("  " + line, file=sys.stderr)
+
+
+def cmd_check_config(args):
+    from daemon.config import ConfigError
+
+    try:
+        _load_config(args.config)
+    except ConfigError as error:
+        _print_config_errors(error, args.config)
+        return EXIT_CONFIG
+    print("%s: OK" % args.config)
+    return EXIT_OK
+
+
+def cmd_run(args):
+    from daemon.backends import BackendUnavailable
+    from daemon.config import ConfigError
+    from daemon.pipeline import Pipeline
+    from daemon.sources import SourceError
+
+    try:
+        config = _load_config(args.config)
+    except ConfigError as error:
+        setup_logging()
+        _print_config_errors(error, args.config)
+        return EXIT_CONFIG
+    setup_logging(config.log_level)
+    resolve_model_paths(config.backend, [os.path.dirname(os.path.abspath(args.config)), PROJECT_ROOT])
+    pipeline = Pipeline(config)
+
+    def request_stop(signum, _frame):
+        log.info("signal %d: stopping", signum)
+        pipeline.stop()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    try:
+        pipeline.open()
+    except (BackendUnavailable, SourceError) as error:
+        log.error("%s", error)
+        pipeline.close()
+        return EXIT_UNAVAILABLE
+    try:
+        pipeline.run(max_frames=args.max_frames or None)
+    finally:
+        pipeline.close()
+    return EXIT_OK
+
+
+def cmd_predict(args):
+    from daemon import predict
+    from daemon.backends import BackendUnavailable
+    from daemon.config import ConfigError
+
+    setup_logging("WARNING")
+    try:
+        config = _load_config(args.config) if args.config else None
+    except ConfigError as error:
+        _print_config_errors(error, args.config)
+        return EXIT_CONFIG
+    try:
+        reader = predict.ImageReader.from_config(config, [PROJECT_ROOT])
+    except BackendUnavailable as error:
+        print("error: %s" % error, file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    status = EXIT_OK
+    with reader:
+        for path in args.images:
+            try:
+                result = reader.read_file(path, roi_mode=args.roi)
+            except predict.ImageError as error:
+                status = EXIT_UNEXPECTED
+                result = {"file": path, "error": str(error)}
+                print("%s: %s" % (path, error), file=sys.stderr)
+                if args.json:
+                    print(json.dumps(result))
+                continue
+            if args.json:
+                print(json.dumps(result))
+            else:
+                print(predict.describe(result))
+    return status
+
+
+def main(argv=None):
+    """Entry point; returns the process exit code via sys.exit."""
+    args = build_parser().parse_args(argv)
+    handlers = {"run": cmd_run, "check-config": cmd_check_config, "predict": cmd_predict}
+    if args.command not in handlers:
+        build_parser().print_help()
+        sys.exit(EXIT_CONFIG)
+    try:
+        code = handlers[args.command](args)
+    except KeyboardInterrupt:
+        code = EXIT_OK
+    except Exception:  # noqa: BLE001 - last resort: log and exit 1 for systemd to restart us
+        logging.getLogger("daemon").exception("unexpected error")
+        code = EXIT_UNEXPECTED
+    sys.exit(code)

@@ -1,0 +1,376 @@
+"""One typed schema for config.yaml: defaults, validation, ``${VAR}`` secrets.
+
+``load(path)`` returns a tree of ``Section`` objects or raises ``ConfigError``
+holding every problem as ``path.to.key: message``.
+"""
+
+import difflib
+import logging
+import os
+import re
+
+log = logging.getLogger(__name__)
+
+_ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_SECRET_MASK = "***"
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; ``errors`` lists ``path: message`` strings."""
+
+    def __init__(self, errors):
+        self.errors = list(errors)
+        super().__init__("\n".join(self.errors))
+
+
+class Field(object):
+    """One key: its type, default, allowed values or range, and its documentation."""
+
+    def __init__(self, kind, default, doc, choices=None, minimum=None, maximum=None,
+                 secret=False, live=False):  # fmt: skip
+        self.kind = kind  # str, int, float, bool, or a Schema / ListOf
+        self.default = default
+        self.doc = doc
+        self.choices = choices
+        self.minimum = minimum
+        self.maximum = maximum
+        self.secret = secret
+        self.live = live  # may change on SIGHUP without a restart
+
+
+class Schema(object):
+    """A mapping of key -> Field (a config section)."""
+
+    def __init__(self, fields, doc=""):
+        self.fields = fields
+        self.doc = doc
+
+
+class ListOf(object):
+    """A list whose items follow ``schema``."""
+
+    def __init__(self, schema):
+        self.schema = schema
+
+
+class Section(object):
+    """Attribute access to validated values; secrets are masked in repr."""
+
+    def __init__(self, values, secrets=()):
+        self.__dict__.update(values)
+        self._secrets = frozenset(secrets)
+
+    def as_dict(self):
+        """Plain dict (secrets included: never log this)."""
+        out = {}
+        for key, value in self.__dict__.items():
+            if key.startswith("_"):
+                continue
+            if isinstance(value, Section):
+                value = value.as_dict()
+            elif isinstance(value, list):
+                value = [v.as_dict() if isinstance(v, Section) else v for v in value]
+            out[key] = value
+        return out
+
+    def __repr__(self):
+        shown = []
+        for key, value in sorted(self.__dict__.items()):
+            if key.startswith("_"):
+                continue
+            shown.append("%s=%r" % (key, _SECRET_MASK if key in self._secrets and value else value))
+        return "Section(%s)" % ", ".join(shown)
+
+    def __eq__(self, other):
+        return isinstance(other, Section) and self.as_dict() == other.as_dict()
+
+    def __ne__(self, other):
+        return not self == other
+
+
+_PREPROCESS = Schema(
+    {
+        "blur_kernel": Field(int, 5, "Gaussian blur kernel (odd, 0 = off)", minimum=0, maximum=31, live=True),
+        "threshold": Field(str, "otsu", "binarisation: otsu, fixed or adaptive",
+                           choices=("otsu", "fixed", "adaptive"), live=True),
+        "fixed_threshold": Field(int, 128, "level for threshold: fixed", minimum=0, maximum=255, live=True),
+        "adaptive_block_size": Field(int, 31, "neighbourhood for threshold: adaptive", minimum=3,
+                                     maximum=255, live=True),
+        "adaptive_c": Field(int, 10, "offset for threshold: adaptive", minimum=-100, maximum=100, live=True),
+        "polarity": Field(str, "auto", "auto, dark_on_light (pen on paper) or light_on_dark",
+                          choices=("auto", "dark_on_light", "light_on_dark"), live=True),
+        "morphology": Field(str, "none", "none, open, close, dilate or erode",
+                            choices=("none", "open", "close", "dilate", "erode"), live=True),
+        "morph_kernel": Field(int, 3, "morphology kernel size", minimum=1, maximum=15, live=True),
+        "min_contrast": Field(int, 40, "grey levels between paper and ink below which a crop is empty",
+                              minimum=0, maximum=255, live=True),
+        "min_ink_fraction": Field(float, 0.004, "crop with less ink is empty", minimum=0.0, maximum=1.0,
+                                  live=True),
+        "max_ink_fraction": Field(float, 0.6, "crop with more ink is not a digit", minimum=0.0,
+                                  maximum=1.0, live=True),
+        "min_component_fraction": Field(float, 0.08, "specks smaller than this share of the largest "
+                                        "stroke are dropped", minimum=0.0, maximum=1.0, live=True),
+    }
+)  # fmt: skip
+
+_BOX = Schema(
+    {
+        "id": Field(str, "", "name of the ROI in payloads"),
+        "x": Field(int, 0, "left edge, pixels", minimum=0),
+        "y": Field(int, 0, "top edge, pixels", minimum=0),
+        "w": Field(int, 0, "width, pixels", minimum=1),
+        "h": Field(int, 0, "height, pixels", minimum=1),
+    }
+)
+
+SCHEMA = Schema(
+    {
+        "device_id": Field(str, "digitd-01", "identifies this daemon in MQTT topics and payloads"),
+        "log_level": Field(str, "INFO", "DEBUG, INFO, WARNING or ERROR",
+                           choices=("DEBUG", "INFO", "WARNING", "ERROR"), live=True),
+        "stats_interval_s": Field(float, 10.0, "seconds between stats messages", minimum=0.5),
+        "source": Schema(
+            {
+                "type": Field(str, "file", "csi, v4l2, rtsp, uri, file or images",
+                              choices=("csi", "v4l2", "rtsp", "uri", "file", "images")),
+                "path": Field(str, "", "video file (type file) or folder/glob (type images)"),
+                "uri": Field(str, "", "stream address (types rtsp and uri)"),
+                "device": Field(str, "/dev/video0", "V4L2 device (type v4l2)"),
+                "sensor_id": Field(int, 0, "CSI sensor (type csi)", minimum=0, maximum=7),
+                "width": Field(int, 1280, "capture width (csi, v4l2)", minimum=16, maximum=8192),
+                "height": Field(int, 720, "capture height (csi, v4l2)", minimum=16, maximum=8192),
+                "fps": Field(float, 30.0, "capture rate (csi, v4l2) and pacing (file with realtime)",
+                             minimum=0.1, maximum=240.0),
+                "flip_method": Field(int, 0, "nvvidconv flip-method 0-7 (csi)", minimum=0, maximum=7),
+                "pipeline": Field(str, "", "full GStreamer pipeline, overrides the built one"),
+                "loop": Field(bool, False, "restart a video file at its end"),
+                "realtime": Field(bool, False, "pace a video file at fps (drops frames like a camera)"),
+                "wait_for_source": Field(bool, False, "at start, retry an unavailable source instead "
+                                         "of exiting 69"),
+                "reopen_initial_delay_s": Field(float, 0.5, "first reopen delay", minimum=0.01),
+                "reopen_max_delay_s": Field(float, 30.0, "longest reopen delay", minimum=0.01),
+                "stall_timeout_s": Field(float, 5.0, "a live source silent this long is reopened",
+                                         minimum=0.1),
+            }
+        ),
+        "roi": Schema(
+            {
+                "mode": Field(str, "center", "center or boxes", choices=("center", "boxes")),
+                "size": Field(int, 200, "side of the centre square, pixels", minimum=8, live=True),
+                "boxes": Field(ListOf(_BOX), [], "fixed boxes (mode boxes): id, x, y, w, h", live=True),
+            }
+        ),
+        "preprocess": _PREPROCESS,
+        "batching": Schema(
+            {
+                "max_batch": Field(int, 32, "most crops in one inference call", minimum=1, maximum=1024),
+                "max_wait_ms": Field(float, 2.0, "longest wait for a batch to fill", minimum=0.0,
+                                     maximum=1000.0),
+                "queue_frames": Field(int, 8, "frames buffered between capture and inference",
+                                      minimum=1, maximum=1000),
+            }
+        ),
+        "backend": Schema(
+            {
+                "type": Field(str, "auto", "auto, tensorrt, onnxruntime or tensorflow",
+                              choices=("auto", "tensorrt", "onnxruntime", "tensorflow")),
+                "onnx_model": Field(str, "models/digits.onnx", "ONNX model (onnxruntime)"),
+                "keras_model": Field(str, "models/digits.keras", "Keras model (tensorflow)"),
+                "engine": Field(str, "models/digits.fp16.engine", "TensorRT engine (tensorrt)"),
+                "threads": Field(int, 1, "CPU threads per inference (onnxruntime, tensorflow)",
+                                 minimum=1, maximum=64),
+                "rebuild_stale": Field(bool, False, "rebuild a TensorRT engine that does not match"),
+            }
+        ),
+        "postprocess": Schema(
+            {
+                "min_confidence": Field(float, 0.6, "below this a ROI reads as no digit",
+                                        minimum=0.0, maximum=1.0, live=True),
+                "smoothing_frames": Field(int, 5, "majority vote over the last N frames per ROI",
+                                          minimum=1, maximum=1000, live=True),
+            }
+        ),
+        "mqtt": Schema(
+            {
+                "enabled": Field(bool, True, "publish over MQTT"),
+                "host": Field(str, "localhost", "broker host"),
+                "port": Field(int, 1883, "broker port", minimum=1, maximum=65535),
+                "prefix": Field(str, "digitd", "topic prefix"),
+                "client_id": Field(str, "", "MQTT client id (default digitd-<device_id>)"),
+                "keepalive_s": Field(int, 30, "keepalive interval", minimum=5, maximum=3600),
+                "qos": Field(int, 1, "QoS of prediction messages", choices=(0, 1, 2)),
+                "username": Field(str, "", "broker user"),
+                "password": Field(str, "", "broker password; use ${DIGITD_MQTT_PASSWORD}", secret=True),
+                "queue_size": Field(int, 10000, "messages kept while disconnected (oldest dropped)",
+                                    minimum=1, maximum=10000000),
+                "reconnect_min_s": Field(float, 1.0, "first reconnect delay", minimum=0.1),
+                "reconnect_max_s": Field(float, 60.0, "longest reconnect delay", minimum=0.1),
+                "tls": Schema(
+                    {
+                        "enabled": Field(bool, False, "connect with TLS"),
+                        "ca_file": Field(str, "", "CA certificate (PEM); empty = system CAs"),
+                        "cert_file": Field(str, "", "client certificate (PEM)"),
+                        "key_file": Field(str, "", "client key (PEM)"),
+                        "insecure": Field(bool, False, "skip host name verification"),
+                    }
+                ),
+            }
+        ),
+    }
+)  # fmt: skip
+
+
+def _type_name(kind):
+    return {str: "a string", int: "an integer", float: "a number", bool: "true or false"}.get(kind, "?")
+
+
+def _expand_env(value, path, errors):
+    def replace(match):
+        name = match.group(1)
+        if name not in os.environ:
+            errors.append("%s: environment variable %s is not set" % (path, name))
+            return ""
+        return os.environ[name]
+
+    return _ENV_PATTERN.sub(replace, value)
+
+
+def _check_scalar(field, value, path, errors):
+    kind = field.kind
+    if isinstance(value, str) and "${" in value:
+        value = _expand_env(value, path, errors)
+        if kind is not str:
+            try:
+                value = {"true": True, "false": False}[value.lower()] if kind is bool else kind(value)
+            except (KeyError, ValueError):
+                errors.append("%s: expected %s from the environment" % (path, _type_name(kind)))
+                return field.default
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if kind is bool and not isinstance(value, bool):
+        errors.append("%s: expected true or false, got %r" % (path, value))
+        return field.default
+    if kind in (int, float) and (isinstance(value, bool) or not isinstance(value, kind)):
+        errors.append("%s: expected %s, got %r" % (path, _type_name(kind), value))
+        return field.default
+    if kind is str and not isinstance(value, str):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = str(value)
+        else:
+            errors.append("%s: expected a string, got %r" % (path, value))
+            return field.default
+    if field.choices is not None and value not in field.choices:
+        errors.append("%s: %r is not one of %s" % (path, value, ", ".join(str(c) for c in field.choices)))
+        return field.default
+    if field.minimum is not None and value < field.minimum:
+        errors.append("%s: %r is below the minimum %r" % (path, value, field.minimum))
+        return field.default
+    if field.maximum is not None and value > field.maximum:
+        errors.append("%s: %r is above the maximum %r" % (path, value, field.maximum))
+        return field.default
+    return value
+
+
+def _build(schema, data, path, errors):
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        errors.append("%s: expected a mapping, got %r" % (path or "(top level)", data))
+        data = {}
+    values = {}
+    secrets = []
+    for key in data:
+        if key not in schema.fields:
+            close = difflib.get_close_matches(str(key), list(schema.fields), n=1, cutoff=0.5)
+            hint = "; did you mean %r?" % close[0] if close else ""
+            errors.append("%s: unknown key%s" % (_join(path, key), hint))
+    for key, field in schema.fields.items():
+        sub_path = _join(path, key)
+        if isinstance(field, Schema):
+            values[key] = _build(field, data.get(key), sub_path, errors)
+        elif isinstance(field.kind, ListOf):
+            items = data.get(key, field.default)
+            if not isinstance(items, list):
+                errors.append("%s: expected a list, got %r" % (sub_path, items))
+                items = []
+            values[key] = [
+                _build(field.kind.schema, item, "%s[%d]" % (sub_path, index), errors)
+                for index, item in enumerate(items)
+            ]
+        elif key in data:
+            values[key] = _check_scalar(field, data[key], sub_path, errors)
+            if field.secret:
+                secrets.append(key)
+        else:
+            values[key] = field.default
+    return Section(values, secrets)
+
+
+def _join(path, key):
+    return "%s.%s" % (path, key) if path else str(key)
+
+
+def _cross_checks(config, errors):
+    if config.roi.mode == "boxes" and not config.roi.boxes:
+        errors.append("roi.boxes: mode boxes needs at least one box")
+    seen = set()
+    for index, box in enumerate(config.roi.boxes):
+        if not box.id:
+            errors.append("roi.boxes[%d].id: every box needs an id" % index)
+        elif box.id in seen:
+            errors.append("roi.boxes[%d].id: duplicate id %r" % (index, box.id))
+        seen.add(box.id)
+    if config.source.type == "file" and not config.source.path:
+        errors.append("source.path: type file needs a video file")
+    if config.source.type == "images" and not config.source.path:
+        errors.append("source.path: type images needs a folder or glob")
+    if config.source.type in ("rtsp", "uri") and not config.source.uri and not config.source.pipeline:
+        errors.append("source.uri: type %s needs a stream address" % config.source.type)
+    if config.source.reopen_max_delay_s < config.source.reopen_initial_delay_s:
+        errors.append("source.reopen_max_delay_s: smaller than reopen_initial_delay_s")
+    if config.mqtt.reconnect_max_s < config.mqtt.reconnect_min_s:
+        errors.append("mqtt.reconnect_max_s: smaller than reconnect_min_s")
+    if bool(config.mqtt.tls.cert_file) != bool(config.mqtt.tls.key_file):
+        errors.append("mqtt.tls.key_file: cert_file and key_file go together")
+    if not re.match(r"^[^#+/\s]+$", config.device_id):
+        errors.append("device_id: %r must be non-empty without '/', '#', '+' or spaces" % config.device_id)
+
+
+def from_dict(data):
+    """Validate a parsed YAML mapping; return the config tree or raise ConfigError."""
+    errors = []
+    config = _build(SCHEMA, data, "", errors)
+    if not errors:
+        _cross_checks(config, errors)
+    if errors:
+        raise ConfigError(errors)
+    return config
+
+
+def load(path):
+    """Read and validate a YAML config file."""
+    import yaml
+
+    try:
+        with open(str(path)) as handle:
+            data = yaml.safe_load(handle)
+    except OSError as exc:
+        raise ConfigError(["%s: cannot read (%s)" % (path, exc.strerror or exc)]) from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(["%s: not valid YAML: %s" % (path, str(exc).replace("\n", " "))]) from exc
+    return from_dict(data)
+
+
+def live_changes(old, new, schema=SCHEMA, path=""):
+    """Return (live, restart_needed) lists of dotted keys that differ between two configs."""
+    live, restart = [], []
+    for key, field in schema.fields.items():
+        sub_path = _join(path, key)
+        a, b = getattr(old, key), getattr(new, key)
+        if isinstance(field, Schema):
+            sub_live, sub_restart = live_changes(a, b, field, sub_path)
+            live += sub_live
+            restart += sub_restart
+        elif a != b:
+            (live if field.live else restart).append(sub_path)
+    return live, restart

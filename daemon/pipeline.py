@@ -1,0 +1,259 @@
+"""The main loop: the only module that knows the order of the stages.
+
+    source -> roi -> preprocess -> batch -> backend -> postprocess -> publish
+
+The calling thread captures frames, cuts ROIs and preprocesses them; an
+inference thread takes dynamic batches, runs the backend, turns probabilities
+into readings and publishes. Per-frame errors are logged and counted, never fatal.
+"""
+
+import collections
+import logging
+import threading
+import time
+
+import numpy as np
+
+from daemon import backends, postprocess, preprocess, publish, roi, sources
+from daemon.batching import DynamicBatcher
+
+log = logging.getLogger(__name__)
+
+
+class FrameWork(object):
+    """One frame on its way through the stages."""
+
+    __slots__ = ("frame", "rois", "prepared", "crop_count")
+
+    def __init__(self, frame, rois, prepared):
+        self.frame = frame
+        self.rois = rois
+        self.prepared = prepared
+        self.crop_count = sum(1 for p in prepared if not p.empty)
+
+
+class PipelineStats(object):
+    """Counters and recent latencies; ``snapshot`` makes the stats payload."""
+
+    def __init__(self):
+        self.started = time.monotonic()
+        self.frames_in = 0
+        self.frames_out = 0
+        self.frame_errors = 0
+        self.inference_errors = 0
+        self.batches = 0
+        self.crops = 0
+        self.last_output = None  # monotonic time of the last published prediction
+        self.latencies_ms = collections.deque(maxlen=2048)
+        self._last_snapshot = (time.monotonic(), 0, 0)
+
+    def snapshot(self, source_stats, backend_name, queue_depth, mqtt_pending, mqtt_dropped):
+        now = time.monotonic()
+        then, frames_in, frames_out = self._last_snapshot
+        elapsed = max(now - then, 1e-6)
+        self._last_snapshot = (now, self.frames_in, self.frames_out)
+        latencies = np.array(self.latencies_ms) if self.latencies_ms else np.zeros(1)
+        return {
+            "fps_in": round((self.frames_in - frames_in) / elapsed, 2),
+            "fps_out": round((self.frames_out - frames_out) / elapsed, 2),
+            "frames_in": self.frames_in,
+            "frames_out": self.frames_out,
+            "dropped_frames": source_stats.dropped,
+            "frame_errors": self.frame_errors,
+            "inference_errors": self.inference_errors,
+            "latency_p50_ms": round(float(np.percentile(latencies, 50)), 2),
+            "latency_p99_ms": round(float(np.percentile(latencies, 99)), 2),
+            "mean_batch": round(self.crops / float(self.batches), 2) if self.batches else 0.0,
+            "backend": backend_name,
+            "queue_depth": queue_depth,
+            "source_state": source_stats.state,
+            "source_reconnects": source_stats.reconnects,
+            "mqtt_queue": mqtt_pending,
+            "mqtt_dropped": mqtt_dropped,
+            "uptime_s": round(now - self.started, 1),
+        }
+
+
+class Pipeline(object):
+    """Wires the stages from a config. ``run()`` blocks until the input ends or ``stop()``."""
+
+    def __init__(self, config):
+        self.config = config
+        self.stats = PipelineStats()
+        self.stop_event = threading.Event()
+        self.backend = None
+        self.source = None
+        self.publisher = None
+        self.last_view = None  # (frame, rois, prepared, readings) of the newest published frame
+        self._apply_stage_settings(config)
+        self.batcher = DynamicBatcher(
+            config.batching.max_batch, config.batching.max_wait_ms, config.batching.queue_frames
+        )
+        self._last_state = None
+
+    def _apply_stage_settings(self, config):
+        self.roi_extractor = roi.create_extractor(config.roi)
+        self.preprocess_params = preprocess.PreprocessParams.from_config(config.preprocess.as_dict())
+        self.min_confidence = config.postprocess.min_confidence
+        self.smoother = postprocess.Smoother(config.postprocess.smoothing_frames)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def open(self):
+        """Load the backend, start MQTT, open the source (raises BackendUnavailable/SourceError)."""
+        self.backend = backends.load_backend(self.config.backend, self.config.batching.max_batch)
+        self.publisher = publish.create_publisher(self.config.mqtt, self.config.device_id).start()
+        self.source = sources.create_source(self.config.source).start()
+        return self
+
+    def stop(self):
+        """Ask the loop to finish (signal-safe: only sets an event)."""
+        self.stop_event.set()
+
+    def close(self):
+        """Stop MQTT (publishing offline), release backend and source."""
+        if self.publisher is not None:
+            self.publisher.stop(flush_timeout=5.0)
+        if self.backend is not None:
+            self.backend.close()
+        if self.source is not None:
+            self.source.close()
+
+    def run(self, max_frames=None):
+        """Capture until the input ends, ``max_frames`` frames are read, or ``stop()``."""
+        inference = threading.Thread(target=self._inference_loop, name="inference")
+        inference.start()
+        stats_thread = threading.Thread(target=self._stats_loop, name="stats")
+        stats_thread.daemon = True
+        stats_thread.start()
+        try:
+            self._capture_loop(max_frames)
+        finally:
+            self.batcher.put(_EndMarker(), timeout=None)
+            inference.join()
+            self._publish_stats()
+        log.info("stopped after %d frames in, %d out", self.stats.frames_in, self.stats.frames_out)
+
+    # -- capture side (caller's thread) ----------------------------------------------------
+    def _capture_loop(self, max_frames):
+        while not self.stop_event.is_set():
+            frame = self.source.read(timeout=0.5)
+            if frame is None:
+                if self.source.finished:
+                    return
+                continue
+            try:
+                work = self._prepare(frame)
+            except Exception:  # noqa: BLE001 - a bad frame must never stop the daemon
+                self.stats.frame_errors += 1
+                log.exception("frame %d: ROI/preprocess failed", frame.index)
+                continue
+            while not self.batcher.put(work, timeout=0.5):
+                if self.stop_event.is_set():
+                    return
+            self.stats.frames_in += 1
+            if max_frames and self.stats.frames_in >= max_frames:
+                return
+
+    def _prepare(self, frame):
+        rois = self.roi_extractor.extract(frame.image)
+        prepared = [preprocess.prepare(r.crop, self.preprocess_params) for r in rois]
+        return FrameWork(frame, rois, prepared)
+
+    # -- inference side ----------------------------------------------------------------------
+    def _inference_loop(self):
+        while True:
+            batch = self.batcher.next_batch(timeout=0.5)
+            if not batch:
+                continue
+            ended = isinstance(batch[-1], _EndMarker)
+            works = [w for w in batch if not isinstance(w, _EndMarker)]
+            if works:
+                self._infer_and_publish(works)
+            if ended:
+                return
+
+    def _infer_and_publish(self, works):
+        tensors = [p.tensor for w in works for p in w.prepared if not p.empty]
+        probabilities = None
+        if tensors:
+            try:
+                probabilities = self.backend.infer_all(np.stack(tensors))
+            except Exception:  # noqa: BLE001 - counted; the next batch may succeed
+                self.stats.inference_errors += 1
+                log.exception("inference failed for frames %s", [w.frame.index for w in works])
+                return
+            self.stats.batches += 1
+            self.stats.crops += len(tensors)
+        row = 0
+        for work in works:
+            readings = []
+            for region, prepared in zip(work.rois, work.prepared):
+                if prepared.empty:
+                    readings.append(postprocess.RoiReading(region.id, region.box, None, 0.0, region.line))
+                    continue
+                digit, confidence = postprocess.classify(probabilities[row], self.min_confidence)
+                row += 1
+                readings.append(postprocess.RoiReading(region.id, region.box, digit, confidence, region.line))
+            self._publish_frame(work, readings)
+
+    def _publish_frame(self, work, readings):
+        frame = work.frame
+        latency_ms = (time.monotonic() - frame.captured) * 1000.0
+        self.publisher.publish(
+            "prediction",
+            {
+                "device_id": self.config.device_id,
+                "frame": frame.index,
+                "ts": round(frame.timestamp, 3),
+                "backend": self.backend.name,
+                "latency_ms": round(latency_ms, 2),
+                "rois": [r.as_payload() for r in readings],
+                "number": postprocess.compose_number(readings),
+            },
+        )
+        smoothed = self.smoother.update(readings)
+        state_readings = [
+            postprocess.RoiReading(r.roi_id, r.box, smoothed[r.roi_id], 0.0, r.line) for r in readings
+        ]
+        state = [(r.roi_id, r.digit) for r in state_readings]
+        if state != self._last_state:
+            self._last_state = state
+            self.publisher.publish(
+                "state",
+                {
+                    "device_id": self.config.device_id,
+                    "frame": frame.index,
+                    "ts": round(frame.timestamp, 3),
+                    "number": postprocess.compose_number(state_readings),
+                    "rois": [{"id": r.roi_id, "digit": r.digit} for r in state_readings],
+                },
+                qos=1,
+                retain=True,
+            )
+        self.stats.frames_out += 1
+        self.stats.latencies_ms.append(latency_ms)
+        self.stats.last_output = time.monotonic()
+        self.last_view = (frame, work.rois, work.prepared, readings)
+
+    # -- stats -----------------------------------------------------------------------------
+    def _stats_loop(self):
+        while not self.stop_event.wait(self.config.stats_interval_s):
+            self._publish_stats()
+
+    def _publish_stats(self):
+        if self.publisher is None or self.source is None:
+            return
+        payload = self.stats.snapshot(
+            self.source.stats,
+            self.backend.name,
+            self.batcher.depth(),
+            self.publisher.pending(),
+            self.publisher.stats.dropped,
+        )
+        payload["device_id"] = self.config.device_id
+        payload["ts"] = round(time.time(), 3)
+        self.publisher.publish("stats", payload, qos=0)
+
+
+class _EndMarker(object):
+    crop_count = 0

@@ -1,0 +1,69 @@
+"""Probabilities -> digits: argmax, confidence threshold, 'no digit', per-ROI smoothing."""
+
+import collections
+
+import numpy as np
+
+
+class RoiReading(object):
+    """What one ROI read in one frame. ``digit`` is None for no digit / too unsure."""
+
+    __slots__ = ("roi_id", "box", "digit", "confidence", "line")
+
+    def __init__(self, roi_id, box, digit, confidence, line=0):
+        self.roi_id = roi_id
+        self.box = box
+        self.digit = digit
+        self.confidence = confidence
+        self.line = line
+
+    def as_payload(self):
+        return {
+            "id": self.roi_id,
+            "box": [int(v) for v in self.box],
+            "digit": self.digit,
+            "confidence": round(float(self.confidence), 4),
+        }
+
+
+def classify(probabilities, min_confidence):
+    """Return (digit or None, confidence) for one probability vector."""
+    index = int(np.argmax(probabilities))
+    confidence = float(probabilities[index])
+    return (index if confidence >= min_confidence else None), confidence
+
+
+def compose_number(readings):
+    """Digits in reading order; lines joined by newlines; '?' marks an unread ROI between
+    read ones; None when nothing was read."""
+    if all(r.digit is None for r in readings):
+        return None
+    lines = collections.OrderedDict()
+    for reading in readings:
+        lines.setdefault(reading.line, []).append("?" if reading.digit is None else str(reading.digit))
+    return "\n".join("".join(chars) for chars in lines.values())
+
+
+class Smoother(object):
+    """Majority vote per ROI over the last ``window`` frames (ties go to the newest)."""
+
+    def __init__(self, window):
+        self.window = window
+        self._history = {}
+
+    def update(self, readings):
+        """Add one frame's readings; return {roi_id: smoothed digit or None}."""
+        smoothed = collections.OrderedDict()
+        for reading in readings:
+            history = self._history.get(reading.roi_id)
+            if history is None or history.maxlen != self.window:
+                history = collections.deque(history or (), maxlen=self.window)
+                self._history[reading.roi_id] = history
+            history.append(reading.digit)
+            counts = collections.Counter(history)
+            best = max(counts.values())
+            for value in reversed(history):
+                if counts[value] == best:
+                    smoothed[reading.roi_id] = value
+                    break
+        return smoothed

@@ -1,0 +1,156 @@
+"""Read digits in still images (the ``predict`` command and ``POST /predict``).
+
+Photos a person took: dark ink on light paper or light on dark, any size,
+8/16-bit, gray, BGR or BGRA.
+"""
+
+import logging
+import os
+import struct
+
+import cv2
+import numpy as np
+
+from daemon import backends, postprocess, preprocess, roi
+
+log = logging.getLogger(__name__)
+
+MAX_FILE_BYTES = 50 * 1024 * 1024
+MAX_PIXELS = 40 * 1000 * 1000  # refuse decompression bombs before decoding
+
+
+class ImageError(Exception):
+    """The input is not a usable image (message says why)."""
+
+
+def image_dimensions(data):
+    """(width, height) from a PNG/JPEG/BMP/GIF header, or None when the format is not parsed here."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24:
+        return struct.unpack(">II", data[16:24])
+    if data[:2] == b"BM" and len(data) >= 26:
+        width, height = struct.unpack("<ii", data[18:26])
+        return abs(width), abs(height)
+    if data[:6] in (b"GIF87a", b"GIF89a") and len(data) >= 10:
+        return struct.unpack("<HH", data[6:10])
+    if data[:2] == b"\xff\xd8":
+        offset = 2
+        while offset + 9 < len(data):
+            if data[offset] != 0xFF:
+                return None
+            marker = data[offset + 1]
+            if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+                offset += 2
+                continue
+            length = struct.unpack(">H", data[offset + 2 : offset + 4])[0]
+            if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+                height, width = struct.unpack(">HH", data[offset + 5 : offset + 9])
+                return width, height
+            offset += 2 + length
+    return None
+
+
+def decode_image(data, max_pixels=MAX_PIXELS):
+    """Bytes -> numpy image (any depth/channels). Raises ImageError with a reason."""
+    if not data:
+        raise ImageError("empty input")
+    dims = image_dimensions(data)
+    if dims is not None:
+        width, height = dims
+        if width <= 0 or height <= 0:
+            raise ImageError("image header says %dx%d pixels" % (width, height))
+        if width * height > max_pixels:
+            raise ImageError(
+                "image of %dx%d pixels exceeds the limit of %d pixels" % (width, height, max_pixels)
+            )
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if image is None or image.size == 0:
+        raise ImageError("not a decodable image (corrupt, truncated or unsupported format)")
+    if image.shape[0] * image.shape[1] > max_pixels:
+        raise ImageError("image of %dx%d pixels exceeds the limit" % (image.shape[1], image.shape[0]))
+    return image
+
+
+class ImageReader(object):
+    """Backend + preprocessing for still images; use as a context manager."""
+
+    def __init__(self, backend_settings, preprocess_params, min_confidence):
+        self.backend_settings = backend_settings
+        self.params = preprocess_params
+        self.min_confidence = min_confidence
+        self.backend = None
+
+    @classmethod
+    def from_config(cls, config, base_dirs):
+        """From a loaded config, or the defaults when ``config`` is None."""
+        from daemon import cli
+        from daemon import config as config_module
+
+        config = config or config_module.from_dict({"source": {"type": "images", "path": "."}})
+        cli.resolve_model_paths(config.backend, base_dirs)
+        reader = cls(
+            config.backend,
+            preprocess.PreprocessParams.from_config(config.preprocess.as_dict()),
+            config.postprocess.min_confidence,
+        )
+        reader.backend = backends.load_backend(config.backend, config.batching.max_batch)
+        return reader
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+    def close(self):
+        if self.backend is not None:
+            self.backend.close()
+            self.backend = None
+
+    def read_file(self, path, roi_mode="center"):
+        try:
+            size = os.path.getsize(path)
+            if size > MAX_FILE_BYTES:
+                raise ImageError("file of %d bytes exceeds %d" % (size, MAX_FILE_BYTES))
+            with open(path, "rb") as handle:
+                data = handle.read()
+        except OSError as exc:
+            raise ImageError("cannot read: %s" % (exc.strerror or exc)) from exc
+        result = self.read_bytes(data, roi_mode)
+        result["file"] = path
+        return result
+
+    def read_bytes(self, data, roi_mode="center"):
+        """Decode and read an image; returns the predict JSON object (without ``file``)."""
+        image = decode_image(data)
+        return self.read_image(image, roi_mode)
+
+    def read_image(self, image, roi_mode="center"):
+        gray = preprocess.to_gray(image)
+        height, width = gray.shape[:2]
+        regions = roi.CenterRoi(min(height, width)).extract(gray)
+        prepared = [preprocess.prepare(r.crop, self.params) for r in regions]
+        tensors = [p.tensor for p in prepared if not p.empty]
+        probabilities = self.backend.infer_all(np.stack(tensors)) if tensors else []
+        digits = []
+        readings = []
+        row = 0
+        for region, item in zip(regions, prepared):
+            if item.empty:
+                continue
+            digit, confidence = postprocess.classify(probabilities[row], self.min_confidence)
+            row += 1
+            x, y = region.box[0] + item.ink_box[0], region.box[1] + item.ink_box[1]
+            box = [int(x), int(y), int(item.ink_box[2]), int(item.ink_box[3])]
+            readings.append(postprocess.RoiReading(region.id, box, digit, confidence, region.line))
+            digits.append({"digit": digit, "confidence": round(confidence, 4), "box": box})
+        return {"number": postprocess.compose_number(readings) if readings else None, "digits": digits}
+
+
+def describe(result):
+    """One human line for a predict result."""
+    if not result["digits"]:
+        return "%s: no digit found" % result["file"]
+    parts = ", ".join(
+        "%s (%.2f)" % ("?" if d["digit"] is None else d["digit"], d["confidence"]) for d in result["digits"]
+    )
+    return "%s: %s  [%s]" % (result["file"], result["number"], parts)

@@ -1,0 +1,257 @@
+"""MQTT publishing with paho-mqtt 1.6 or 2.x.
+
+Topics under ``<prefix>/<device_id>/``: ``availability`` (retained, last will
+``offline``), ``prediction``, ``state`` (retained) and ``stats``. Messages go
+through a bounded outbox: while the broker is away they wait there (the oldest
+are dropped when it is full, and counted); once connected they are handed to
+paho, which keeps QoS 1/2 messages until the broker acknowledges them, across
+reconnects.
+"""
+
+import collections
+import json
+import logging
+import ssl
+import threading
+import time
+
+log = logging.getLogger(__name__)
+
+ONLINE = "online"
+OFFLINE = "offline"
+MAX_HANDED_TO_PAHO = 64  # messages given to paho and not yet acknowledged
+
+_CONNACK_REASONS = {
+    1: "unacceptable protocol version",
+    2: "client id rejected",
+    3: "broker unavailable",
+    4: "bad user name or password",
+    5: "not authorised (check mqtt.username and mqtt.password)",
+}
+
+
+class Message(object):
+    __slots__ = ("topic", "payload", "qos", "retain")
+
+    def __init__(self, topic, payload, qos, retain):
+        self.topic = topic
+        self.payload = payload
+        self.qos = qos
+        self.retain = retain
+
+
+def encode(payload):
+    """Compact UTF-8 JSON."""
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+class PublisherStats(object):
+    def __init__(self):
+        self.connected = False
+        self.connects = 0
+        self.disconnects = 0
+        self.published = 0  # handed to paho
+        self.acknowledged = 0  # on_publish seen (QoS 0: written to the socket)
+        self.dropped = 0  # oldest messages dropped because the outbox was full
+        self.last_error = ""
+        self.disconnected_since = None  # monotonic time, None while connected
+        self.last_reconnect_s = None  # length of the last outage
+
+
+class MqttPublisher(object):
+    """Owns the paho client, the outbox and the sender thread."""
+
+    def __init__(self, settings, device_id):
+        self.settings = settings
+        self.device_id = device_id
+        self.stats = PublisherStats()
+        self._outbox = collections.deque()
+        self._handed = {}  # mid -> Message
+        self._early_acks = set()
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._stop = threading.Event()
+        self._overflow_logged = False
+        self._client = None
+        self._thread = None
+
+    def topic(self, kind):
+        return "%s/%s/%s" % (self.settings.prefix, self.device_id, kind)
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def start(self):
+        """Create the client, connect in the background and start the sender thread."""
+        import paho.mqtt.client as mqtt
+
+        s = self.settings
+        client_id = s.client_id or "digitd-%s" % self.device_id
+        if hasattr(mqtt, "CallbackAPIVersion"):  # paho-mqtt 2.x
+            client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
+        else:  # paho-mqtt 1.x
+            client = mqtt.Client(client_id=client_id, clean_session=True)
+        client.enable_logger(logging.getLogger("paho"))
+        client.max_inflight_messages_set(MAX_HANDED_TO_PAHO)
+        client.max_queued_messages_set(0)
+        client.reconnect_delay_set(
+            min_delay=max(1, int(round(s.reconnect_min_s))), max_delay=max(1, int(round(s.reconnect_max_s)))
+        )
+        client.will_set(self.topic("availability"), OFFLINE, qos=1, retain=True)
+        if s.username:
+            client.username_pw_set(s.username, s.password or None)
+        if s.tls.enabled:
+            client.tls_set(
+                ca_certs=s.tls.ca_file or None,
+                certfile=s.tls.cert_file or None,
+                keyfile=s.tls.key_file or None,
+                cert_reqs=ssl.CERT_REQUIRED,
+                tls_version=ssl.PROTOCOL_TLS_CLIENT,
+            )
+            client.tls_insecure_set(s.tls.insecure)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        self._client = client
+        self.stats.disconnected_since = time.monotonic()
+        client.connect_async(s.host, s.port, keepalive=s.keepalive_s)
+        client.loop_start()
+        self._thread = threading.Thread(target=self._send_loop, name="mqtt-sender")
+        self._thread.daemon = True
+        self._thread.start()
+        log.info("MQTT: connecting to %s:%d as %s%s", s.host, s.port, client_id,
+                 " with TLS" if s.tls.enabled else "")  # fmt: skip
+        return self
+
+    def stop(self, flush_timeout=5.0):
+        """Publish ``offline``, flush what is queued for up to ``flush_timeout`` s, disconnect."""
+        if self._client is None:
+            return
+        self.publish("availability", OFFLINE, qos=1, retain=True, raw=True)
+        deadline = time.monotonic() + flush_timeout
+        while time.monotonic() < deadline and self.stats.connected and self.pending() > 0:
+            time.sleep(0.02)
+        left = self.pending()
+        if left:
+            log.warning("MQTT: %d message(s) not delivered at shutdown", left)
+        self._stop.set()
+        with self._wake:
+            self._wake.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=1.0)
+        self._client.disconnect()
+        self._client.loop_stop()
+        self._client = None
+
+    # -- publishing ------------------------------------------------------------------------
+    def publish(self, kind, payload, qos=None, retain=False, raw=False):
+        """Queue a message for ``<prefix>/<device_id>/<kind>``; never blocks."""
+        body = payload.encode("utf-8") if raw else encode(payload)
+        message = Message(self.topic(kind), body, self.settings.qos if qos is None else qos, retain)
+        with self._wake:
+            if len(self._outbox) + len(self._handed) >= self.settings.queue_size and self._outbox:
+                self._outbox.popleft()
+                self.stats.dropped += 1
+                if not self._overflow_logged:
+                    log.warning("MQTT: outbox full (%d); dropping the oldest messages",
+                                self.settings.queue_size)  # fmt: skip
+                    self._overflow_logged = True
+            self._outbox.append(message)
+            self._wake.notify()
+
+    def pending(self):
+        """Messages queued or handed to paho and not yet acknowledged."""
+        with self._lock:
+            return len(self._outbox) + len(self._handed)
+
+    def _send_loop(self):
+        while not self._stop.is_set():
+            with self._wake:
+                while not self._stop.is_set() and not (
+                    self.stats.connected and self._outbox and len(self._handed) < MAX_HANDED_TO_PAHO
+                ):
+                    self._wake.wait(0.5)
+                if self._stop.is_set():
+                    return
+                message = self._outbox.popleft()
+            # Not under our lock: paho calls on_publish with its own lock held.
+            info = self._client.publish(
+                message.topic, message.payload, qos=message.qos, retain=message.retain
+            )
+            with self._wake:
+                if info.rc != 0 and message.qos == 0:
+                    self._outbox.appendleft(message)  # not connected after all: retry later
+                    self._wake.wait(0.1)
+                    continue
+                self.stats.published += 1
+                if info.mid in self._early_acks:
+                    self._early_acks.discard(info.mid)
+                    self.stats.acknowledged += 1
+                else:
+                    self._handed[info.mid] = message
+
+    # -- paho callbacks (network thread) --------------------------------------------------
+    def _on_connect(self, client, userdata, flags, reason, properties=None):
+        code = getattr(reason, "value", reason)
+        if code != 0:
+            text = _CONNACK_REASONS.get(code, str(reason))
+            self.stats.last_error = "broker refused connection: %s" % text
+            log.error("MQTT: %s (code %s); retrying with backoff", self.stats.last_error, code)
+            return
+        outage = time.monotonic() - (self.stats.disconnected_since or time.monotonic())
+        self.stats.connects += 1
+        self.stats.last_reconnect_s = outage
+        self.stats.disconnected_since = None
+        client.publish(self.topic("availability"), ONLINE, qos=1, retain=True)
+        with self._wake:
+            self.stats.connected = True
+            self._overflow_logged = False
+            self._wake.notify_all()
+        log.info("MQTT: connected to %s:%d (after %.1f s)", self.settings.host, self.settings.port, outage)
+
+    def _on_disconnect(self, client, userdata, *args):
+        # paho 1.x: (rc); paho 2.x: (flags, reason_code, properties)
+        reason = args[1] if len(args) >= 2 else args[0] if args else 0
+        with self._wake:
+            was_connected = self.stats.connected
+            self.stats.connected = False
+            if was_connected:
+                self.stats.disconnects += 1
+                self.stats.disconnected_since = time.monotonic()
+        if was_connected and not self._stop.is_set():
+            log.warning("MQTT: disconnected (%s); reconnecting", reason)
+
+    def _on_publish(self, client, userdata, mid, *args):
+        with self._wake:
+            if self._handed.pop(mid, None) is not None:
+                self.stats.acknowledged += 1
+            else:
+                self._early_acks.add(mid)
+            self._wake.notify()
+
+
+class NullPublisher(object):
+    """Used with ``mqtt.enabled: false``: counts and logs at DEBUG."""
+
+    def __init__(self, settings, device_id):
+        self.settings = settings
+        self.device_id = device_id
+        self.stats = PublisherStats()
+
+    def start(self):
+        return self
+
+    def stop(self, flush_timeout=5.0):
+        pass
+
+    def topic(self, kind):
+        return "%s/%s/%s" % (self.settings.prefix, self.device_id, kind)
+
+    def publish(self, kind, payload, qos=None, retain=False, raw=False):
+        self.stats.published += 1
+        log.debug("%s %s", self.topic(kind), payload)
+
+    def pending(self):
+        return 0
+
+
+def create_publisher(settings, device_id):
+    return (MqttPublisher if settings.enabled else NullPublisher)(settings, device_id)

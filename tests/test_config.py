@@ -1,0 +1,108 @@
+"""config.yaml schema: defaults, errors with paths, secrets, check-config exit codes."""
+
+import pytest
+
+from daemon import config
+from tests.conftest import ROOT, run_cli
+
+
+def test_shipped_config_is_valid_and_typed():
+    loaded = config.load(ROOT / "config.yaml")
+    assert loaded.source.type == "file"
+    assert loaded.batching.max_batch == 32
+    assert isinstance(loaded.postprocess.min_confidence, float)
+    assert loaded.mqtt.prefix == "digitd"
+
+
+def test_missing_keys_take_their_defaults(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("source: {type: v4l2}\n")
+    loaded = config.load(path)
+    assert loaded.roi.size == 200 and loaded.mqtt.qos == 1 and loaded.backend.type == "auto"
+
+
+def test_unknown_key_suggests_the_nearest():
+    with pytest.raises(config.ConfigError) as error:
+        config.from_dict({"source": {"type": "v4l2", "devcie": "/dev/video1"}})
+    assert error.value.errors == ["source.devcie: unknown key; did you mean 'device'?"]
+
+
+def test_every_error_is_reported_with_its_path(monkeypatch):
+    monkeypatch.delenv("DIGITD_TEST_UNSET", raising=False)
+    with pytest.raises(config.ConfigError) as error:
+        config.from_dict(
+            {
+                "source": {"type": "webcam"},
+                "roi": {"size": "big"},
+                "batching": {"max_batch": 0},
+                "mqtt": {"password": "${DIGITD_TEST_UNSET}", "port": 70000},
+            }
+        )
+    errors = error.value.errors
+    assert any(e.startswith("source.type: 'webcam' is not one of") for e in errors)
+    assert "roi.size: expected an integer, got 'big'" in errors
+    assert "batching.max_batch: 0 is below the minimum 1" in errors
+    assert "mqtt.password: environment variable DIGITD_TEST_UNSET is not set" in errors
+    assert "mqtt.port: 70000 is above the maximum 65535" in errors
+
+
+def test_secret_comes_from_environment_and_is_masked(monkeypatch):
+    monkeypatch.setenv("DIGITD_MQTT_PASSWORD", "s3cret-value")
+    loaded = config.from_dict({"source": {"type": "v4l2"}, "mqtt": {"password": "${DIGITD_MQTT_PASSWORD}"}})
+    assert loaded.mqtt.password == "s3cret-value"
+    assert "s3cret-value" not in repr(loaded)
+    assert "s3cret-value" not in repr(loaded.mqtt)
+
+
+def test_boxes_are_validated_item_by_item():
+    with pytest.raises(config.ConfigError) as error:
+        config.from_dict(
+            {
+                "source": {"type": "v4l2"},
+                "roi": {
+                    "mode": "boxes",
+                    "boxes": [
+                        {"id": "a", "x": 0, "y": 0, "w": 0, "h": 5},
+                        {"id": "a", "w": 3, "h": 3, "z": 1},
+                    ],
+                },
+            }
+        )
+    assert "roi.boxes[0].w: 0 is below the minimum 1" in error.value.errors
+    assert "roi.boxes[1].z: unknown key" in error.value.errors
+
+
+def test_live_changes_are_separated_from_restart_changes():
+    old = config.from_dict({"source": {"type": "v4l2"}})
+    new = config.from_dict({"source": {"type": "v4l2", "fps": 15}, "postprocess": {"min_confidence": 0.9}})
+    live, restart = config.live_changes(old, new)
+    assert live == ["postprocess.min_confidence"]
+    assert restart == ["source.fps"]
+
+
+def test_check_config_cli_exits_78_naming_all_three_errors(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        "device_id: x\nsource:\n  type: file\n  path: a.mp4\n  fps: fast\nroi:\n  sise: 100\n"
+        "mqtt:\n  password: ${DIGITD_SURELY_UNSET_VAR}\n"
+    )
+    result = run_cli("check-config", "-c", path)
+    assert result.returncode == 78
+    assert "source.fps: expected a number, got 'fast'" in result.stderr
+    assert "roi.sise: unknown key; did you mean 'size'?" in result.stderr
+    assert "mqtt.password: environment variable DIGITD_SURELY_UNSET_VAR is not set" in result.stderr
+
+
+def test_check_config_cli_accepts_the_shipped_file():
+    result = run_cli("check-config", "-c", ROOT / "config.yaml")
+    assert result.returncode == 0, result.stderr
+    assert "OK" in result.stdout
+
+
+def test_unreadable_or_invalid_yaml_is_exit_78(tmp_path):
+    missing = run_cli("check-config", "-c", tmp_path / "nope.yaml")
+    assert missing.returncode == 78 and "cannot read" in missing.stderr
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("source: [unclosed\n")
+    result = run_cli("check-config", "-c", broken)
+    assert result.returncode == 78 and "not valid YAML" in result.stderr

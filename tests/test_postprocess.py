@@ -1,0 +1,37 @@
+"""Probabilities -> readings: threshold, number, smoothing."""
+
+import numpy as np
+
+from daemon import postprocess
+
+
+def reading(roi_id, digit, line=0):
+    return postprocess.RoiReading(roi_id, (0, 0, 1, 1), digit, 0.9, line)
+
+
+def test_classify_applies_the_confidence_threshold():
+    probabilities = np.full(10, 0.02, np.float32)
+    probabilities[7] = 0.82
+    assert postprocess.classify(probabilities, 0.6) == (7, probabilities[7])
+    assert postprocess.classify(probabilities, 0.9)[0] is None
+
+
+def test_number_joins_digits_and_marks_unread_rois():
+    assert postprocess.compose_number([reading("a", 4), reading("b", 0), reading("c", 7)]) == "407"
+    assert postprocess.compose_number([reading("a", 4), reading("b", None)]) == "4?"
+    assert postprocess.compose_number([reading("a", None)]) is None
+    assert postprocess.compose_number([reading("a", 1, 0), reading("b", 2, 1)]) == "1\n2"
+
+
+def test_smoother_takes_the_majority_of_the_last_n_frames():
+    smoother = postprocess.Smoother(window=3)
+    sequence = [3, 3, 8, 3, 8, 8]
+    smoothed = [smoother.update([reading("r", d)])["r"] for d in sequence]
+    assert smoothed == [3, 3, 3, 3, 8, 8]
+
+
+def test_smoother_keeps_rois_apart_and_breaks_ties_by_newest():
+    smoother = postprocess.Smoother(window=2)
+    smoother.update([reading("a", 1), reading("b", 5)])
+    result = smoother.update([reading("a", 2), reading("b", 5)])
+    assert result == {"a": 2, "b": 5}

@@ -1,0 +1,92 @@
+"""Crop -> MNIST tensor: polarity, emptiness, centring, the shared normalisation."""
+
+import cv2
+import numpy as np
+import pytest
+
+from daemon import preprocess
+
+
+def paper_crop(digit28, size=200, ink=40, paper=215, digit_size=120, offset=(0, 0)):
+    """A MNIST digit drawn as dark ink on light paper, like a camera crop."""
+    crop = np.full((size, size), paper, np.float32)
+    scaled = cv2.resize(digit28, (digit_size, digit_size), interpolation=cv2.INTER_CUBIC) / 255.0
+    alpha = np.clip(scaled, 0, 1)
+    y0 = (size - digit_size) // 2 + offset[1]
+    x0 = (size - digit_size) // 2 + offset[0]
+    region = crop[y0 : y0 + digit_size, x0 : x0 + digit_size]
+    region[:] = region * (1 - alpha) + ink * alpha
+    return np.clip(crop, 0, 255).astype(np.uint8)
+
+
+def test_normalise_uint8_is_float32_in_unit_range_with_channel():
+    batch = preprocess.normalise_uint8(np.array([[[0, 255]] * 28] * 2, np.uint8).repeat(14, axis=2))
+    assert batch.dtype == np.float32 and batch.shape == (2, 28, 28, 1)
+    assert batch.min() == 0.0 and batch.max() == 1.0
+
+
+def test_dark_on_light_crop_becomes_bright_centred_digit(mnist_test):
+    digit = mnist_test[0][0]
+    result = preprocess.prepare(paper_crop(digit, offset=(25, -20)))
+    assert not result.empty
+    tensor = result.tensor[:, :, 0]
+    assert tensor.shape == (28, 28) and tensor.dtype == np.float32
+    assert tensor.max() > 0.9 and tensor[0].max() == 0 and tensor[:, 0].max() == 0
+    moments = cv2.moments(tensor)
+    assert abs(moments["m10"] / moments["m00"] - 14) < 1.0
+    assert abs(moments["m01"] / moments["m00"] - 14) < 1.0
+
+
+def test_polarity_is_detected_both_ways(mnist_test):
+    digit = mnist_test[0][1]
+    dark_on_light = preprocess.prepare(paper_crop(digit)).tensor
+    light_on_dark = preprocess.prepare(255 - paper_crop(digit)).tensor
+    assert np.abs(dark_on_light - light_on_dark).mean() < 0.02
+
+
+def test_prepared_digit_resembles_the_mnist_original(mnist_test):
+    """Fitting into 20x20 and centring by mass reproduces MNIST's own framing."""
+    digit = mnist_test[0][2]
+    prepared = preprocess.prepare(paper_crop(digit)).tensor[:, :, 0]
+    original = digit.astype(np.float32) / 255.0
+    correlation = np.corrcoef(prepared.ravel(), original.ravel())[0, 1]
+    assert correlation > 0.8
+
+
+@pytest.mark.parametrize(
+    "crop",
+    [
+        np.full((200, 200), 210, np.uint8),
+        np.clip(np.random.default_rng(0).normal(210, 4, (200, 200)), 0, 255).astype(np.uint8),
+        np.zeros((3, 3), np.uint8),
+    ],
+    ids=["blank paper", "paper with sensor noise", "tiny crop"],
+)
+def test_empty_crops_are_reported_not_guessed(crop):
+    result = preprocess.prepare(crop)
+    assert result.empty and result.reason
+    assert not result.tensor.any()
+
+
+def test_a_speck_beside_the_digit_does_not_shift_it(mnist_test):
+    digit = mnist_test[0][3]
+    clean = paper_crop(digit)
+    specked = clean.copy()
+    specked[5:8, 5:8] = 30
+    assert np.abs(preprocess.prepare(clean).tensor - preprocess.prepare(specked).tensor).max() < 1e-6
+
+
+@pytest.mark.parametrize("method", preprocess.THRESHOLD_METHODS)
+def test_every_threshold_method_finds_the_digit(mnist_test, method):
+    params = preprocess.PreprocessParams(threshold=method, fixed_threshold=100)
+    result = preprocess.prepare(paper_crop(mnist_test[0][4]), params)
+    assert not result.empty
+    assert result.tensor.max() > 0.5
+
+
+def test_to_gray_accepts_16_bit_bgra_and_float():
+    bgra16 = np.full((10, 10, 4), 65535, np.uint16)
+    assert preprocess.to_gray(bgra16).dtype == np.uint8 and preprocess.to_gray(bgra16).max() == 255
+    assert preprocess.to_gray(np.ones((5, 5), np.float32)).max() == 255
+    with pytest.raises(ValueError):
+        preprocess.to_gray(np.zeros((4, 4, 2), np.uint8))

@@ -1,0 +1,131 @@
+"""Frame sources with real video files and image folders."""
+
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+from daemon import config
+from daemon.sources import SourceError, create_source
+
+
+def source_settings(**values):
+    values.setdefault("reopen_initial_delay_s", 0.05)
+    values.setdefault("reopen_max_delay_s", 0.2)
+    return config.from_dict({"source": values}).source
+
+
+def write_numbered_video(path, count, fps=30.0, size=(160, 120)):
+    """Each frame's brightness encodes its number (frame i has level 10 + 2*i)."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, size)
+    for i in range(count):
+        writer.write(np.full((size[1], size[0], 3), 10 + 2 * i, np.uint8))
+    writer.release()
+    return path
+
+
+def drain(source, limit=1000):
+    frames = []
+    while len(frames) < limit:
+        frame = source.read(timeout=1.0)
+        if frame is None:
+            if source.finished:
+                break
+            continue
+        frames.append(frame)
+    return frames
+
+
+def test_file_source_delivers_every_frame_in_order(tmp_path):
+    video = write_numbered_video(tmp_path / "n.avi", 40)
+    source = create_source(source_settings(type="file", path=str(video))).start()
+    frames = drain(source)
+    source.close()
+    assert [f.index for f in frames] == list(range(1, 41))
+    levels = [int(f.image.mean()) for f in frames]
+    assert all(abs(level - (10 + 2 * i)) <= 2 for i, level in enumerate(levels))
+    assert source.stats.dropped == 0
+
+
+def test_loop_restarts_the_file(tmp_path):
+    video = write_numbered_video(tmp_path / "n.avi", 5)
+    source = create_source(source_settings(type="file", path=str(video), loop=True)).start()
+    frames = drain(source, limit=12)
+    source.close()
+    assert [f.index for f in frames] == list(range(1, 13))
+    assert int(frames[5].image.mean()) == int(frames[0].image.mean())
+
+
+def test_realtime_file_paces_and_counts_dropped_frames(tmp_path):
+    video = write_numbered_video(tmp_path / "n.avi", 30, fps=100.0)
+    source = create_source(source_settings(type="file", path=str(video), realtime=True)).start()
+    started = time.monotonic()
+    taken = []
+    while not source.finished and time.monotonic() - started < 5:
+        frame = source.read(timeout=0.2)
+        if frame is not None:
+            taken.append(frame.index)
+            time.sleep(0.05)  # a slow consumer: the grabber must drop, not queue
+    source.close()
+    elapsed = time.monotonic() - started
+    assert elapsed >= 0.25  # 30 frames at 100 fps
+    assert taken == sorted(taken) and len(taken) < 30
+    assert source.stats.dropped > 0
+    assert source.stats.dropped + len(taken) <= 30
+
+
+def test_missing_file_is_a_source_error(tmp_path):
+    with pytest.raises(SourceError, match="does not exist"):
+        create_source(source_settings(type="file", path=str(tmp_path / "nope.mp4"))).start()
+
+
+def test_corrupt_video_is_a_clear_error(tmp_path):
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 40)
+    with pytest.raises(SourceError) as error:
+        create_source(source_settings(type="file", path=str(bad))).start()
+    assert "bad.mp4" in str(error.value)
+
+
+def test_wait_for_source_retries_until_the_file_appears(tmp_path):
+    target = tmp_path / "later.avi"
+    source = create_source(source_settings(type="file", path=str(target), wait_for_source=True))
+    import threading
+
+    threading.Timer(0.3, write_numbered_video, args=(target, 3)).start()
+    source.start()
+    frames = drain(source)
+    source.close()
+    assert [f.index for f in frames] == [1, 2, 3]
+    assert source.stats.failures >= 1
+
+
+def test_image_folder_skips_unreadable_files(tmp_path):
+    for i in range(3):
+        cv2.imwrite(str(tmp_path / ("img%d.png" % i)), np.full((20, 20), 50 * i, np.uint8))
+    (tmp_path / "img1b.png").write_bytes(b"not a png")
+    source = create_source(source_settings(type="images", path=str(tmp_path))).start()
+    frames = drain(source)
+    source.close()
+    assert [int(f.image.mean()) for f in frames] == [0, 50, 100]
+    assert source.stats.failures == 1
+
+
+def test_gstreamer_pipelines_are_built_for_csi():
+    from daemon.sources.capture import csi_pipeline
+
+    pipeline = csi_pipeline(1, 1280, 720, 30, 2)
+    assert pipeline.startswith("nvarguscamerasrc sensor-id=1 !")
+    assert "width=(int)1280, height=(int)720, framerate=(fraction)30/1" in pipeline
+    assert "nvvidconv flip-method=2" in pipeline
+    assert pipeline.endswith("appsink drop=true max-buffers=1 sync=false")
+
+
+def test_csi_without_gstreamer_opencv_says_why():
+    from daemon.sources.capture import has_gstreamer
+
+    if has_gstreamer():
+        pytest.skip("this OpenCV has GStreamer")
+    with pytest.raises(SourceError, match="no GStreamer support"):
+        create_source(source_settings(type="csi")).start()
