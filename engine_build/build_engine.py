@@ -1,0 +1,255 @@
+"""Build a TensorRT engine from the ONNX model, on the Jetson (Python 3.6, TensorRT 8.2 ... 10).
+
+    python3 -m engine_build.build_engine --onnx models/digits.onnx [--precision fp16|fp32|int8]
+
+Explicit batch with one optimisation profile (min 1, opt 8, max 32 by default), a
+256 MiB workspace, a reused timing cache, and a sidecar JSON next to the engine.
+Follows the structure of TensorRT's samples/python/efficientdet/build_engine.py
+(release 8.2): an EngineBuilder class, an INT8 calibrator, a thin main(args).
+On a host without TensorRT it prints where to get it and exits 69.
+"""
+
+import argparse
+import logging
+import os
+import sys
+import time
+
+from daemon import model_meta
+from daemon.backends import trt_common
+
+log = logging.getLogger("engine_build.build_engine")
+
+EXIT_UNAVAILABLE = 69
+PRECISIONS = ("fp16", "fp32", "int8")
+
+
+class EngineBuildError(Exception):
+    """The ONNX parser or the builder failed; the message carries TensorRT's error text."""
+
+
+class MnistCalibrator(object):
+    """Factory for an IInt8EntropyCalibrator2 over MNIST training images (preprocessed like the daemon)."""
+
+    @staticmethod
+    def create(trt, cuda, cache_path, image_count=2000, batch_size=32, data_dir=None):
+        import numpy as np
+
+        from daemon.preprocess import INPUT_SIZE, normalise_uint8
+        from engine_build import mnist
+
+        images, _ = mnist.load_split("train", data_dir)
+        batches = normalise_uint8(images[:image_count]).reshape(-1, 1, INPUT_SIZE, INPUT_SIZE)
+
+        class Calibrator(trt.IInt8EntropyCalibrator2):
+            def __init__(self):
+                trt.IInt8EntropyCalibrator2.__init__(self)
+                self.position = 0
+                self.device_input = cuda.mem_alloc(batch_size * batches[0].nbytes)
+
+            def get_batch_size(self):
+                return batch_size
+
+            def get_batch(self, names):
+                if self.position + batch_size > len(batches):
+                    return None
+                chunk = np.ascontiguousarray(batches[self.position : self.position + batch_size])
+                cuda.memcpy_htod(self.device_input, chunk)
+                self.position += batch_size
+                if self.position % (batch_size * 10) == 0:
+                    log.info("INT8 calibration: %d / %d images", self.position, len(batches))
+                return [int(self.device_input)]
+
+            def read_calibration_cache(self):
+                if os.path.exists(cache_path):
+                    log.info("using calibration cache %s", cache_path)
+                    with open(cache_path, "rb") as handle:
+                        return handle.read()
+                return None
+
+            def write_calibration_cache(self, cache):
+                with open(cache_path, "wb") as handle:
+                    handle.write(bytes(cache))
+                log.info("wrote calibration cache %s", cache_path)
+
+        return Calibrator()
+
+
+class EngineBuilder(object):
+    """ONNX -> serialized engine with the API of the installed TensorRT version."""
+
+    def __init__(self, trt, cuda, workspace_mib=256):
+        self.trt = trt
+        self.cuda = cuda
+        self.trt_logger = trt_common.make_trt_logger(trt)
+        trt.init_libnvinfer_plugins(self.trt_logger, "")
+        self.builder = trt.Builder(self.trt_logger)
+        self.config = self.builder.create_builder_config()
+        workspace = workspace_mib * (1 << 20)
+        if hasattr(self.config, "set_memory_pool_limit"):  # TensorRT 8.4+
+            self.config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace)
+        else:  # TensorRT 8.2
+            self.config.max_workspace_size = workspace
+        self.network = None
+        self.parser = None
+        self.input_name = None
+
+    def create_network(self, onnx_path, profile):
+        """Parse the ONNX file into an explicit-batch network with one optimisation profile."""
+        trt = self.trt
+        flags = 0
+        if trt_common.trt_major(trt) < 10:  # explicit batch is the only mode (and the default) in 10
+            flags = 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+        self.network = self.builder.create_network(flags)
+        self.parser = trt.OnnxParser(self.network, self.trt_logger)
+        with open(str(onnx_path), "rb") as handle:
+            parsed = self.parser.parse(handle.read())
+        if not parsed:
+            errors = [str(self.parser.get_error(i)) for i in range(self.parser.num_errors)]
+            for error in errors:
+                log.error("ONNX parser: %s", error)
+            raise EngineBuildError("cannot parse %s: %s" % (onnx_path, " | ".join(errors) or "unknown error"))
+        model_input = self.network.get_input(0)
+        self.input_name = model_input.name
+        log.info("network input %s %s, output %s", model_input.name, tuple(model_input.shape),
+                 tuple(self.network.get_output(0).shape))  # fmt: skip
+        from daemon.preprocess import INPUT_SIZE
+
+        optimisation = self.builder.create_optimization_profile()
+        shapes = [(size, 1, INPUT_SIZE, INPUT_SIZE) for size in profile]
+        optimisation.set_shape(self.input_name, shapes[0], shapes[1], shapes[2])
+        self.config.add_optimization_profile(optimisation)
+
+    def create_engine(self, engine_path, precision, timing_cache_path=None, calibrator=None):
+        """Build and write the engine; returns build seconds."""
+        trt = self.trt
+        if precision == "fp16":
+            if not self.builder.platform_has_fast_fp16:
+                log.warning("this GPU has no fast FP16; building FP16 anyway")
+            self.config.set_flag(trt.BuilderFlag.FP16)
+        elif precision == "int8":
+            if not self.builder.platform_has_fast_int8:
+                log.warning("this GPU has no fast INT8 (the Nano's Maxwell does not); expect no speed-up")
+            self.config.set_flag(trt.BuilderFlag.INT8)
+            self.config.int8_calibrator = calibrator
+        cache = None
+        if timing_cache_path:
+            data = b""
+            if os.path.exists(timing_cache_path):
+                with open(timing_cache_path, "rb") as handle:
+                    data = handle.read()
+                log.info("reusing timing cache %s (%d bytes)", timing_cache_path, len(data))
+            cache = self.config.create_timing_cache(data)
+            self.config.set_timing_cache(cache, False)
+        started = time.time()
+        log.info("building %s engine (this takes a few minutes on a Nano)", precision)
+        serialized = self.builder.build_serialized_network(self.network, self.config)
+        if serialized is None:
+            raise EngineBuildError("TensorRT could not build the engine; see the TensorRT errors above")
+        elapsed = time.time() - started
+        with open(str(engine_path), "wb") as handle:
+            handle.write(bytes(serialized))
+        if cache is not None:
+            with open(timing_cache_path, "wb") as handle:
+                handle.write(bytes(self.config.get_timing_cache().serialize()))
+        log.info("wrote %s in %.1f s", engine_path, elapsed)
+        return elapsed
+
+
+def default_precision(trt, cuda):
+    """fp16 where the GPU has fast FP16 (the Nano does), else fp32."""
+    builder = trt.Builder(trt_common.make_trt_logger(trt))
+    return "fp16" if builder.platform_has_fast_fp16 else "fp32"
+
+
+def build(trt, cuda, onnx_path, engine_path=None, precision=None, profile=(1, 8, 32), workspace_mib=256,
+          timing_cache=None, calibration_images=2000, calibration_cache=None, data_dir=None):  # fmt: skip
+    """Build an engine with a fresh CUDA context; returns (engine path, sidecar dict)."""
+    cuda.init()
+    context = cuda.Device(0).make_context()
+    try:
+        precision = precision or default_precision(trt, cuda)
+        engine_path = engine_path or os.path.join(
+            os.path.dirname(str(onnx_path)), "digits.%s.engine" % precision
+        )
+        builder = EngineBuilder(trt, cuda, workspace_mib)
+        builder.create_network(onnx_path, profile)
+        calibrator = None
+        if precision == "int8":
+            calibrator = MnistCalibrator.create(
+                trt,
+                cuda,
+                calibration_cache or str(engine_path) + ".calib",
+                calibration_images,
+                profile[1],
+                data_dir,
+            )
+        seconds = builder.create_engine(engine_path, precision, timing_cache, calibrator)
+        meta = trt_common.engine_sidecar(trt, cuda, onnx_path, precision, list(profile), seconds)
+        model_meta.write(engine_path, meta)
+        return engine_path, meta
+    finally:
+        context.pop()
+        context.detach()
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description="Build a TensorRT engine from the ONNX digit model.")
+    parser.add_argument("--onnx", default="models/digits.onnx")
+    parser.add_argument("--engine", default=None, help="default: models/digits.<precision>.engine")
+    parser.add_argument(
+        "--precision", choices=PRECISIONS, default=None, help="default: fp16 if fast, else fp32"
+    )
+    parser.add_argument("--min-batch", type=int, default=1)
+    parser.add_argument("--opt-batch", type=int, default=8)
+    parser.add_argument("--max-batch", type=int, default=32)
+    parser.add_argument("--workspace-mib", type=int, default=256)
+    parser.add_argument("--timing-cache", default="models/timing.cache")
+    parser.add_argument("--calibration-images", type=int, default=2000)
+    parser.add_argument("--calibration-cache", default=None)
+    parser.add_argument("--data-dir", default=None, help="MNIST folder for INT8 calibration")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    return parser.parse_args(argv)
+
+
+def main(args):
+    """Returns 0, 69 when TensorRT/pycuda are missing, 1 when the build fails."""
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")  # fmt: skip
+    try:
+        import tensorrt as trt
+    except ImportError as error:
+        print("error: %s (%s)" % (trt_common.JETPACK_HINT, error), file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    try:
+        import pycuda.driver as cuda
+    except ImportError as error:
+        print("error: pycuda not found (%s); on the Jetson: export PATH=/usr/local/cuda/bin:$PATH; "
+              "pip3 install pycuda" % error, file=sys.stderr)  # fmt: skip
+        return EXIT_UNAVAILABLE
+    if not os.path.isfile(args.onnx):
+        print("error: ONNX model %s does not exist (make export)" % args.onnx, file=sys.stderr)
+        return 1
+    profile = (args.min_batch, args.opt_batch, args.max_batch)
+    if not 1 <= profile[0] <= profile[1] <= profile[2]:
+        print("error: need 1 <= min-batch <= opt-batch <= max-batch, got %s" % (profile,), file=sys.stderr)
+        return 1
+    try:
+        engine_path, meta = build(
+            trt, cuda, args.onnx, args.engine, args.precision, profile, args.workspace_mib,
+            args.timing_cache, args.calibration_images, args.calibration_cache, args.data_dir,
+        )  # fmt: skip
+    except (EngineBuildError, OSError) as error:
+        print("error: %s" % error, file=sys.stderr)
+        return 1
+    except cuda.Error as error:
+        print("error: CUDA: %s" % error, file=sys.stderr)
+        return 1
+    print("built %s: TensorRT %s, %s, GPU %s (sm %s), batch %s"
+          % (engine_path, meta["tensorrt_version"], meta["precision"], meta["gpu_name"],
+             meta["compute_capability"], profile))  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(parse_args()))
