@@ -68,7 +68,7 @@ demo: $(STAMP) mosquitto samples/demo.mp4
 lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	$(PY) -m vermin -q --no-tips --violations -t=3.6- --eval-annotations $(DEVICE_CODE)
+	$(VENV)/bin/vermin -q --no-tips --violations -t=3.6- --eval-annotations $(DEVICE_CODE)
 
 test: $(STAMP) mosquitto lint
 	$(PY) -m pytest -q

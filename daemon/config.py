@@ -180,6 +180,8 @@ SCHEMA = Schema(
                 "threads": Field(int, 1, "CPU threads per inference (onnxruntime, tensorflow)",
                                  minimum=1, maximum=64),
                 "rebuild_stale": Field(bool, False, "rebuild a TensorRT engine that does not match"),
+                "zero_copy": Field(bool, False, "TensorRT: mapped host memory instead of copies (Jetson "
+                                   "iGPU shares DRAM)"),
             }
         ),
         "postprocess": Schema(

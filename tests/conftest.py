@@ -53,10 +53,10 @@ def write_config(path, **sections):
     return Path(path)
 
 
-def run_daemon(config_path, *extra, **kwargs):
+def run_daemon(config_path, *extra, env=None, **kwargs):
     """Start ``python -m daemon run`` as a subprocess (stderr captured to a file)."""
     log_path = Path(str(config_path) + ".log")
-    env = dict(os.environ)
+    env = dict(env or os.environ)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     process = subprocess.Popen(
         [sys.executable, "-m", "daemon", "run", "-c", str(config_path)] + list(extra),

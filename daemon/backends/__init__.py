@@ -32,7 +32,7 @@ def _instantiate(kind, settings, max_batch):
     cls = getattr(importlib.import_module(module_name), class_name)
     if kind == "tensorrt":
         return cls(settings.engine, onnx_path=settings.onnx_model, max_batch=max_batch,
-                   rebuild_stale=settings.rebuild_stale)  # fmt: skip
+                   rebuild_stale=settings.rebuild_stale, zero_copy=settings.zero_copy)  # fmt: skip
     if kind == "onnxruntime":
         return cls(settings.onnx_model, threads=settings.threads)
     return cls(settings.keras_model, threads=settings.threads)
