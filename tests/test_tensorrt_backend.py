@@ -232,7 +232,7 @@ def test_build_engine_cli_without_tensorrt_says_where_to_get_it_and_exits_69():
     env.pop("PYTHONPATH", None)
     result = subprocess.run(
         [sys.executable, "-m", "engine_build.build_engine", "--onnx", str(MODELS / "digits.onnx")],
-        cwd=str(ROOT), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        cwd=str(ROOT), capture_output=True, text=True, env=env,
     )  # fmt: skip
     assert result.returncode == 69
     assert "TensorRT not found" in result.stderr and "JetPack" in result.stderr
@@ -244,7 +244,7 @@ def test_build_engine_cli_through_the_simulator(tmp_path, model_dir):
     result = subprocess.run(
         [sys.executable, "-m", "engine_build.build_engine", "--onnx", str(model_dir / "digits.onnx"),
          "--timing-cache", str(tmp_path / "t.cache")],
-        cwd=str(ROOT), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        cwd=str(ROOT), capture_output=True, text=True, env=env,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "built %s" % (model_dir / "digits.fp16.engine") in result.stdout
@@ -279,7 +279,7 @@ def test_daemon_publishes_over_mosquitto_with_the_tensorrt_backend(
     built = subprocess.run(
         [sys.executable, "-m", "engine_build.build_engine", "--onnx", str(model_dir / "digits.onnx"),
          "--timing-cache", str(tmp_path / "t.cache")],
-        cwd=str(ROOT), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        cwd=str(ROOT), capture_output=True, text=True, env=env,
     )  # fmt: skip
     assert built.returncode == 0, built.stderr
     config_path = write_config(
