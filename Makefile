@@ -8,10 +8,13 @@ PAHO16 := $(VENV)/paho16
 PREFIX ?= /opt/digitd
 DESTDIR ?=
 SYSCONFDIR ?= /etc
+SYSTEMDDIR ?= /etc/systemd/system
+SYSUSERSDIR ?= /usr/lib/sysusers.d
+INSTALL_REQUIREMENTS ?= $(if $(filter aarch64,$(shell uname -m)),requirements/jetson.txt,requirements/host.txt)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 DEVICE_CODE := daemon engine_build/build_engine.py
 
-.PHONY: help setup mosquitto data train baselines export eval test lint demo build-engine install uninstall bench clean
+.PHONY: help setup mosquitto browser data train baselines export eval test lint demo build-engine install uninstall bench clean
 
 help:
 	@echo "make demo          run the daemon on the bundled sample video (CPU) and print what MQTT receives"
@@ -34,13 +37,20 @@ $(STAMP): requirements/host.txt
 	$(PY) -m pip install --quiet -r requirements/host.txt
 	@touch $@
 
-# Mosquitto for tests and the demo: installed with apt when missing and we are root.
+# System packages for the demo and tests (Mosquitto; Chromium for the browser test),
+# installed with apt when missing and we are root.
+APT_INSTALL = if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing $(1) with apt-get"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(1) >/dev/null); \
+	else echo "$(1) not found: install it with apt-get"; fi
+
 mosquitto:
 	@if command -v mosquitto >/dev/null || test -x /usr/sbin/mosquitto; then :; \
-	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	  echo "installing mosquitto with apt-get"; \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null); \
-	else echo "mosquitto not found: install it (apt-get install mosquitto) for the MQTT tests and demo"; fi
+	else $(call APT_INSTALL,mosquitto); fi
+
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	else $(call APT_INSTALL,chromium chromium-driver); fi
 
 data: $(STAMP)
 	$(PY) -m engine_build.mnist download --data-dir data/mnist
@@ -70,11 +80,37 @@ lint: $(STAMP)
 	$(PY) -m ruff format --check .
 	$(VENV)/bin/vermin -q --no-tips --violations -t=3.6- --eval-annotations $(DEVICE_CODE)
 
-test: $(STAMP) mosquitto lint
+test: $(STAMP) mosquitto browser lint
 	$(PY) -m pytest -q
 	@# the MQTT tests once more with paho-mqtt 1.6 (the last release for the Nano's Python 3.6)
 	@test -f $(PAHO16)/paho/mqtt/client.py || $(PY) -m pip install --quiet --target $(PAHO16) paho-mqtt==1.6.1
 	PYTHONPATH=$(PAHO16) DIGITD_EXPECT_PAHO=1.6 $(PY) -m pytest -q -m mqtt
+
+# Code under PREFIX, config under SYSCONFDIR/digitd (never overwritten), the unit, the user.
+# With DESTDIR (packaging, tests) nothing outside DESTDIR is touched: no user, venv or systemctl.
+install:
+	install -d $(DESTDIR)$(PREFIX) $(DESTDIR)$(SYSCONFDIR)/digitd $(DESTDIR)$(SYSTEMDDIR) $(DESTDIR)$(SYSUSERSDIR)
+	tar --exclude=__pycache__ --exclude='*.engine' -cf - daemon engine_build models samples tools config.yaml \
+	  requirements pyproject.toml README.md Makefile | tar -xf - -C $(DESTDIR)$(PREFIX)
+	@if [ -e $(DESTDIR)$(SYSCONFDIR)/digitd/config.yaml ]; then \
+	  echo "keeping existing $(DESTDIR)$(SYSCONFDIR)/digitd/config.yaml"; \
+	else install -m 0644 config.yaml $(DESTDIR)$(SYSCONFDIR)/digitd/config.yaml; fi
+	sed -e 's#@PREFIX@#$(PREFIX)#g' -e 's#@SYSCONFDIR@#$(SYSCONFDIR)#g' systemd/digitd.service \
+	  > $(DESTDIR)$(SYSTEMDDIR)/digitd.service
+	install -m 0644 systemd/digitd.sysusers $(DESTDIR)$(SYSUSERSDIR)/digitd.conf
+	@if [ -z "$(DESTDIR)" ]; then \
+	  systemd-sysusers $(SYSUSERSDIR)/digitd.conf; \
+	  $(PYTHON) -m venv --system-site-packages $(PREFIX)/.venv; \
+	  $(PREFIX)/.venv/bin/python -m pip install --quiet -r $(PREFIX)/$(INSTALL_REQUIREMENTS); \
+	  systemctl daemon-reload 2>/dev/null || true; \
+	  echo "installed; start with: systemctl enable --now digitd ; logs: journalctl -u digitd -f"; \
+	fi
+
+uninstall:
+	-systemctl disable --now digitd 2>/dev/null
+	rm -rf $(DESTDIR)$(PREFIX)
+	rm -f $(DESTDIR)$(SYSTEMDDIR)/digitd.service $(DESTDIR)$(SYSUSERSDIR)/digitd.conf
+	@echo "kept $(DESTDIR)$(SYSCONFDIR)/digitd (your config) and the digitd user"
 
 build-engine:
 	@py=python3; [ -x $(PY) ] && py=$(PY); \

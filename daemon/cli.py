@@ -8,7 +8,6 @@ import argparse
 import json
 import logging
 import os
-import signal
 import sys
 
 EXIT_OK = 0
@@ -89,10 +88,15 @@ def cmd_check_config(args):
     return EXIT_OK
 
 
+def model_base_dirs(config_path):
+    """Where relative model paths in a config are looked up (after the working directory)."""
+    return [os.path.dirname(os.path.abspath(str(config_path))), PROJECT_ROOT]
+
+
 def cmd_run(args):
     from daemon.backends import BackendUnavailable
     from daemon.config import ConfigError
-    from daemon.pipeline import Pipeline
+    from daemon.service import Service
     from daemon.sources import SourceError
 
     try:
@@ -102,25 +106,20 @@ def cmd_run(args):
         _print_config_errors(error, args.config)
         return EXIT_CONFIG
     setup_logging(config.log_level)
-    resolve_model_paths(config.backend, [os.path.dirname(os.path.abspath(args.config)), PROJECT_ROOT])
-    pipeline = Pipeline(config)
-
-    def request_stop(signum, _frame):
-        log.info("signal %d: stopping", signum)
-        pipeline.stop()
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
+    resolve_model_paths(config.backend, model_base_dirs(args.config))
+    service = Service(config, args.config)
+    service.install_signal_handlers()
     try:
-        pipeline.open()
+        service.open()
     except (BackendUnavailable, SourceError) as error:
         log.error("%s", error)
-        pipeline.close()
+        service.close()
         return EXIT_UNAVAILABLE
-    try:
-        pipeline.run(max_frames=args.max_frames or None)
-    finally:
-        pipeline.close()
+    except OSError as error:  # e.g. the HTTP port is taken
+        log.error("cannot start: %s", error)
+        service.close()
+        return EXIT_UNAVAILABLE
+    service.run(max_frames=args.max_frames or None)
     return EXIT_OK
 
 

@@ -155,7 +155,7 @@ SCHEMA = Schema(
         ),
         "roi": Schema(
             {
-                "mode": Field(str, "center", "center or boxes", choices=("center", "boxes")),
+                "mode": Field(str, "center", "center or boxes", choices=("center", "boxes"), live=True),
                 "size": Field(int, 200, "side of the centre square, pixels", minimum=8, live=True),
                 "boxes": Field(ListOf(_BOX), [], "fixed boxes (mode boxes): id, x, y, w, h", live=True),
             }
@@ -192,6 +192,23 @@ SCHEMA = Schema(
                                           minimum=1, maximum=1000, live=True),
             }
         ),
+        "http": Schema(
+            {
+                "enabled": Field(bool, True, "serve /healthz, /metrics, /snapshot.jpg, /stream.mjpg, / and /predict"),
+                "bind": Field(str, "127.0.0.1", "address to listen on (0.0.0.0 exposes it to the network)"),
+                "port": Field(int, 8080, "TCP port (0 = any free port)", minimum=0, maximum=65535),
+                "max_body_bytes": Field(int, 10 * 1024 * 1024, "largest accepted upload", minimum=1024),
+                "max_pixels": Field(int, 40000000, "largest accepted image (decompression bombs)", minimum=1),
+                "stream_fps": Field(float, 10.0, "frame rate of /stream.mjpg", minimum=0.5, maximum=60.0),
+                "max_streams": Field(int, 4, "concurrent /stream.mjpg clients", minimum=1, maximum=64),
+            }
+        ),
+        "service": Schema(
+            {
+                "health_timeout_s": Field(float, 10.0, "no published frame for this long = unhealthy "
+                                          "(/healthz 503, no systemd watchdog ping)", minimum=0.5),
+            }
+        ),
         "mqtt": Schema(
             {
                 "enabled": Field(bool, True, "publish over MQTT"),
@@ -203,6 +220,8 @@ SCHEMA = Schema(
                 "qos": Field(int, 1, "QoS of prediction messages", choices=(0, 1, 2)),
                 "username": Field(str, "", "broker user"),
                 "password": Field(str, "", "broker password; use ${DIGITD_MQTT_PASSWORD}", secret=True),
+                "password_file": Field(str, "", "read the password from this file, e.g. "
+                                       "${CREDENTIALS_DIRECTORY}/mqtt_password (systemd LoadCredential)"),
                 "queue_size": Field(int, 10000, "messages kept while disconnected (oldest dropped)",
                                     minimum=1, maximum=10000000),
                 "reconnect_min_s": Field(float, 1.0, "first reconnect delay", minimum=0.1),
@@ -338,12 +357,27 @@ def _cross_checks(config, errors):
         errors.append("device_id: %r must be non-empty without '/', '#', '+' or spaces" % config.device_id)
 
 
+def _read_password_file(config, errors):
+    path = config.mqtt.password_file
+    if not path:
+        return
+    if config.mqtt.password:
+        errors.append("mqtt.password_file: set either password or password_file, not both")
+        return
+    try:
+        with open(path) as handle:
+            config.mqtt.password = handle.read().rstrip("\r\n")
+    except OSError as exc:
+        errors.append("mqtt.password_file: cannot read %s (%s)" % (path, exc.strerror or exc))
+
+
 def from_dict(data):
     """Validate a parsed YAML mapping; return the config tree or raise ConfigError."""
     errors = []
     config = _build(SCHEMA, data, "", errors)
     if not errors:
         _cross_checks(config, errors)
+        _read_password_file(config, errors)
     if errors:
         raise ConfigError(errors)
     return config

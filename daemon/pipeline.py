@@ -7,6 +7,7 @@ inference thread takes dynamic batches, runs the backend, turns probabilities
 into readings and publishes. Per-frame errors are logged and counted, never fatal.
 """
 
+import bisect
 import collections
 import logging
 import threading
@@ -32,6 +33,27 @@ class FrameWork(object):
         self.crop_count = sum(1 for p in prepared if not p.empty)
 
 
+class Buckets(object):
+    """Cumulative-histogram counts for /metrics without a metrics library in the hot path."""
+
+    def __init__(self, bounds):
+        self.bounds = list(bounds)
+        self.counts = [0] * (len(self.bounds) + 1)
+        self.total = 0.0
+
+    def observe(self, value):
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    def cumulative(self):
+        """[(upper bound as str, cumulative count)] ending with +Inf."""
+        out, running = [], 0
+        for bound, count in zip(self.bounds + [float("inf")], self.counts):
+            running += count
+            out.append(("+Inf" if bound == float("inf") else repr(float(bound)), running))
+        return out
+
+
 class PipelineStats(object):
     """Counters and recent latencies; ``snapshot`` makes the stats payload."""
 
@@ -45,6 +67,8 @@ class PipelineStats(object):
         self.crops = 0
         self.last_output = None  # monotonic time of the last published prediction
         self.latencies_ms = collections.deque(maxlen=2048)
+        self.latency_buckets = Buckets([0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0])
+        self.batch_buckets = Buckets([1, 2, 4, 8, 16, 32, 64, 128])
         self._last_snapshot = (time.monotonic(), 0, 0)
 
     def snapshot(self, source_stats, backend_name, queue_depth, mqtt_pending, mqtt_dropped):
@@ -85,6 +109,9 @@ class Pipeline(object):
         self.source = None
         self.publisher = None
         self.last_view = None  # (frame, rois, prepared, readings) of the newest published frame
+        self.infer_lock = threading.Lock()  # the backend is shared with POST /predict
+        self.ready_since = None
+        self._reload_source = None
         self._apply_stage_settings(config)
         self.batcher = DynamicBatcher(
             config.batching.max_batch, config.batching.max_wait_ms, config.batching.queue_frames
@@ -103,11 +130,59 @@ class Pipeline(object):
         self.backend = backends.load_backend(self.config.backend, self.config.batching.max_batch)
         self.publisher = publish.create_publisher(self.config.mqtt, self.config.device_id).start()
         self.source = sources.create_source(self.config.source).start()
+        self.ready_since = time.monotonic()
         return self
 
     def stop(self):
         """Ask the loop to finish (signal-safe: only sets an event)."""
         self.stop_event.set()
+
+    def request_reload(self, loader):
+        """Ask the capture loop to call ``loader()`` for a new config (signal-safe)."""
+        self._reload_source = loader
+
+    def apply_config(self, new):
+        """Apply what can change live; return (applied keys, keys that need a restart)."""
+        from daemon import config as config_module
+
+        live, restart = config_module.live_changes(self.config, new)
+        self._apply_stage_settings(new)
+        if new.log_level != self.config.log_level:
+            logging.getLogger().setLevel(new.log_level)
+        # Keep the old values of what needs a restart, so the running config stays truthful.
+        merged = new
+        for dotted in restart:
+            section_path, _, key = dotted.rpartition(".")
+            old_section, new_section = self.config, merged
+            for part in filter(None, section_path.split(".")):
+                old_section, new_section = getattr(old_section, part), getattr(new_section, part)
+            setattr(new_section, key, getattr(old_section, key))
+        self.config = merged
+        return live, restart
+
+    def health(self, timeout_s):
+        """(healthy, detail): frames flow (or the source is reconnecting) and the backend is loaded."""
+        now = time.monotonic()
+        last = self.stats.last_output or self.ready_since
+        age = None if last is None else now - last
+        source_state = self.source.stats.state if self.source is not None else "closed"
+        backend_loaded = self.backend is not None
+        flowing = age is not None and age <= timeout_s
+        healthy = (
+            backend_loaded and (flowing or source_state == "reconnecting") and not self.stop_event.is_set()
+        )
+        detail = {
+            "status": "ok" if healthy else "unhealthy",
+            "backend": self.backend.name if backend_loaded else None,
+            "source_state": source_state,
+            "last_output_age_s": None if age is None else round(age, 3),
+            "frames_in": self.stats.frames_in,
+            "frames_out": self.stats.frames_out,
+            "dropped_frames": self.source.stats.dropped if self.source is not None else 0,
+            "source_reconnects": self.source.stats.reconnects if self.source is not None else 0,
+            "mqtt_connected": bool(self.publisher is not None and self.publisher.stats.connected),
+        }
+        return healthy, detail
 
     def close(self):
         """Stop MQTT (publishing offline), release backend and source."""
@@ -136,6 +211,9 @@ class Pipeline(object):
     # -- capture side (caller's thread) ----------------------------------------------------
     def _capture_loop(self, max_frames):
         while not self.stop_event.is_set():
+            if self._reload_source is not None:
+                loader, self._reload_source = self._reload_source, None
+                loader()
             frame = self.source.read(timeout=0.5)
             if frame is None:
                 if self.source.finished:
@@ -177,13 +255,15 @@ class Pipeline(object):
         probabilities = None
         if tensors:
             try:
-                probabilities = self.backend.infer_all(np.stack(tensors))
+                with self.infer_lock:
+                    probabilities = self.backend.infer_all(np.stack(tensors))
             except Exception:  # noqa: BLE001 - counted; the next batch may succeed
                 self.stats.inference_errors += 1
                 log.exception("inference failed for frames %s", [w.frame.index for w in works])
                 return
             self.stats.batches += 1
             self.stats.crops += len(tensors)
+            self.stats.batch_buckets.observe(len(tensors))
         row = 0
         for work in works:
             readings = []
@@ -232,6 +312,7 @@ class Pipeline(object):
             )
         self.stats.frames_out += 1
         self.stats.latencies_ms.append(latency_ms)
+        self.stats.latency_buckets.observe(latency_ms / 1000.0)
         self.stats.last_output = time.monotonic()
         self.last_view = (frame, work.rois, work.prepared, readings)
 
