@@ -73,7 +73,10 @@ def test_a_speck_beside_the_digit_does_not_shift_it(mnist_test):
     clean = paper_crop(digit)
     specked = clean.copy()
     specked[5:8, 5:8] = 30
-    assert np.abs(preprocess.prepare(clean).tensor - preprocess.prepare(specked).tensor).max() < 1e-6
+    with_speck, without = preprocess.prepare(specked), preprocess.prepare(clean)
+    assert with_speck.ink_box == without.ink_box
+    # The speck may move the Otsu level by a grey level or two; a shifted digit would differ by ~1.0.
+    assert np.abs(with_speck.tensor - without.tensor).max() < 0.05
 
 
 @pytest.mark.parametrize("method", preprocess.THRESHOLD_METHODS)

@@ -1,0 +1,108 @@
+"""Run the pipeline in this process on a video and print one JSON line of measurements.
+
+    python -m bench.probe --video V --backend onnxruntime [--boxes 8] [--realtime] [--mqtt-port P]
+
+Used by bench.run in a fresh process per configuration, so RSS and start-up are clean.
+"""
+
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+
+STARTED = time.monotonic()
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--video", required=True)
+    parser.add_argument("--backend", default="onnxruntime")
+    parser.add_argument("--boxes", type=int, default=0, help="0 = centre ROI, else N fixed boxes")
+    parser.add_argument("--realtime", action="store_true")
+    parser.add_argument("--mqtt-port", type=int, default=0)
+    parser.add_argument("--max-frames", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    return parser.parse_args(argv)
+
+
+def box_grid(count, width, height):
+    """``count`` boxes tiled over the frame, ids b0..bN."""
+    columns = int(count**0.5 + 0.999)
+    rows = (count + columns - 1) // columns
+    w, h = width // columns, height // rows
+    return [
+        {"id": "b%d" % i, "x": (i % columns) * w, "y": (i // columns) * h, "w": w, "h": h}
+        for i in range(count)
+    ]
+
+
+def main(args):
+    import cv2
+    import numpy as np
+
+    from daemon import config as config_module
+    from daemon.cli import PROJECT_ROOT, resolve_model_paths
+    from daemon.pipeline import Pipeline
+
+    capture = cv2.VideoCapture(args.video)
+    width, height = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
+    capture.release()
+    roi = (
+        {"mode": "boxes", "boxes": box_grid(args.boxes, width, height)} if args.boxes else {"mode": "center"}
+    )
+    mqtt = {"enabled": bool(args.mqtt_port), "host": "127.0.0.1", "port": args.mqtt_port or 1883}
+    config = config_module.from_dict({
+        "device_id": "bench", "log_level": "WARNING", "stats_interval_s": 3600,
+        "source": {"type": "file", "path": args.video, "realtime": args.realtime},
+        "roi": roi, "backend": {"type": args.backend, "threads": args.threads}, "mqtt": mqtt,
+        "http": {"enabled": False},
+    })  # fmt: skip
+    resolve_model_paths(config.backend, [PROJECT_ROOT])
+    pipeline = Pipeline(config).open()
+    loaded = time.monotonic()
+    first_output = [None]
+    original = pipeline._publish_frame
+
+    def publish_frame(work, readings):
+        original(work, readings)
+        if first_output[0] is None:
+            first_output[0] = time.monotonic()
+
+    pipeline._publish_frame = publish_frame
+    cpu_before = time.process_time()
+    wall_before = time.monotonic()
+    pipeline.run(max_frames=args.max_frames or None)
+    wall = time.monotonic() - wall_before
+    cpu = time.process_time() - cpu_before
+    if args.mqtt_port:
+        deadline = time.monotonic() + 10
+        while pipeline.publisher.pending() and time.monotonic() < deadline:
+            time.sleep(0.01)
+    latencies = np.array(pipeline.stats.latencies_ms or [0.0])
+    frames = pipeline.stats.frames_out
+    result = {
+        "backend": pipeline.backend.name,
+        "frame_size": [width, height],
+        "rois": max(1, args.boxes),
+        "realtime": args.realtime,
+        "frames": frames,
+        "dropped": pipeline.source.stats.dropped,
+        "fps": round(frames / wall, 1),
+        "cpu_ms_per_frame": round(1000.0 * cpu / max(frames, 1), 3),
+        "latency_p50_ms": round(float(np.percentile(latencies, 50)), 2),
+        "latency_p99_ms": round(float(np.percentile(latencies, 99)), 2),
+        "mean_batch": round(pipeline.stats.crops / float(max(pipeline.stats.batches, 1)), 2),
+        "load_s": round(loaded - STARTED, 2),
+        "startup_to_first_prediction_s": round((first_output[0] or time.monotonic()) - STARTED, 3),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1),
+    }
+    pipeline.close()
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.exit(main(parse_args()))
