@@ -133,7 +133,7 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description="Evaluate digit models on the MNIST test set.")
     parser.add_argument("--model", action="append", help="model file(s); default: shipped + baselines")
     parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--out-dir", default="models/eval")
+    parser.add_argument("--out-dir", default="docs/eval")
     parser.add_argument("--threads", type=int, default=2)
     return parser.parse_args(argv)
 
