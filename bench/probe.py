@@ -27,6 +27,15 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+def peak_rss_mb():
+    """VmHWM of this process. (ru_maxrss survives fork+exec, so it would report the parent's peak.)"""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024.0, 1)
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)
+
+
 def box_grid(count, width, height):
     """``count`` boxes tiled over the frame, ids b0..bN."""
     columns = int(count**0.5 + 0.999)
@@ -96,7 +105,7 @@ def main(args):
         "mean_batch": round(pipeline.stats.crops / float(max(pipeline.stats.batches, 1)), 2),
         "load_s": round(loaded - STARTED, 2),
         "startup_to_first_prediction_s": round((first_output[0] or time.monotonic()) - STARTED, 3),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1),
+        "peak_rss_mb": peak_rss_mb(),
     }
     pipeline.close()
     print(json.dumps(result))
