@@ -70,7 +70,7 @@ def bench_classifier(batches, repetitions, threads):
     images = normalise_uint8(mnist.load_split("test")[0][: max(batches)])
     runtimes = classifier_runtimes(threads)
     timings = {(name, b): [] for name in runtimes for b in batches}
-    for name, run in runtimes.items():  # warm-up: first calls trace, allocate, pick kernels
+    for run in runtimes.values():  # warm-up: first calls trace, allocate, pick kernels
         for b in batches:
             for _ in range(3):
                 run(images[:b])
