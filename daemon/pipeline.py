@@ -71,7 +71,7 @@ class PipelineStats(object):
         self.batch_buckets = Buckets([1, 2, 4, 8, 16, 32, 64, 128])
         self._last_snapshot = (time.monotonic(), 0, 0)
 
-    def snapshot(self, source_stats, backend_name, queue_depth, mqtt_pending, mqtt_dropped):
+    def snapshot(self, source_stats, backend_name, queue_depth, publisher_stats):
         now = time.monotonic()
         then, frames_in, frames_out = self._last_snapshot
         elapsed = max(now - then, 1e-6)
@@ -92,8 +92,12 @@ class PipelineStats(object):
             "queue_depth": queue_depth,
             "source_state": source_stats.state,
             "source_reconnects": source_stats.reconnects,
-            "mqtt_queue": mqtt_pending,
-            "mqtt_dropped": mqtt_dropped,
+            "mqtt_queue": publisher_stats.pending,
+            "mqtt_dropped": publisher_stats.dropped,
+            "mqtt_connects": publisher_stats.connects,
+            "mqtt_last_outage_s": None
+            if publisher_stats.last_reconnect_s is None
+            else round(publisher_stats.last_reconnect_s, 2),
             "uptime_s": round(now - self.started, 1),
         }
 
@@ -328,8 +332,7 @@ class Pipeline(object):
             self.source.stats,
             self.backend.name,
             self.batcher.depth(),
-            self.publisher.pending(),
-            self.publisher.stats.dropped,
+            self.publisher.stats,
         )
         payload["device_id"] = self.config.device_id
         payload["ts"] = round(time.time(), 3)

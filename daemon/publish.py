@@ -8,12 +8,13 @@ paho, which keeps QoS 1/2 messages until the broker acknowledges them, across
 reconnects.
 """
 
-import collections
 import json
 import logging
 import ssl
 import threading
 import time
+
+from daemon.outbox import Message, create_outbox
 
 log = logging.getLogger(__name__)
 
@@ -28,16 +29,6 @@ _CONNACK_REASONS = {
     4: "bad user name or password",
     5: "not authorised (check mqtt.username and mqtt.password)",
 }
-
-
-class Message(object):
-    __slots__ = ("topic", "payload", "qos", "retain")
-
-    def __init__(self, topic, payload, qos, retain):
-        self.topic = topic
-        self.payload = payload
-        self.qos = qos
-        self.retain = retain
 
 
 def encode(payload):
@@ -56,6 +47,7 @@ class PublisherStats(object):
         self.last_error = ""
         self.disconnected_since = None  # monotonic time, None while connected
         self.last_reconnect_s = None  # length of the last outage
+        self.pending = 0  # messages queued or handed to paho and not yet acknowledged
 
 
 class MqttPublisher(object):
@@ -65,9 +57,10 @@ class MqttPublisher(object):
         self.settings = settings
         self.device_id = device_id
         self.stats = PublisherStats()
-        self._outbox = collections.deque()
-        self._handed = {}  # mid -> Message
+        self._outbox = create_outbox(settings.queue_size, settings.spool_path)
+        self._keys = {}  # paho mid -> outbox key of a handed message
         self._early_acks = set()
+        self._ignored_mids = set()  # availability messages sent outside the outbox
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._stop = threading.Event()
@@ -92,9 +85,7 @@ class MqttPublisher(object):
         client.enable_logger(logging.getLogger("paho"))
         client.max_inflight_messages_set(MAX_HANDED_TO_PAHO)
         client.max_queued_messages_set(0)
-        client.reconnect_delay_set(
-            min_delay=max(1, int(round(s.reconnect_min_s))), max_delay=max(1, int(round(s.reconnect_max_s)))
-        )
+        client.reconnect_delay_set(min_delay=s.reconnect_min_s, max_delay=s.reconnect_max_s)
         client.will_set(self.topic("availability"), OFFLINE, qos=1, retain=True)
         if s.username:
             client.username_pw_set(s.username, s.password or None)
@@ -122,16 +113,29 @@ class MqttPublisher(object):
         return self
 
     def stop(self, flush_timeout=5.0):
-        """Publish ``offline``, flush what is queued for up to ``flush_timeout`` s, disconnect."""
+        """Flush what is queued for up to ``flush_timeout`` s, publish ``offline``, disconnect."""
         if self._client is None:
             return
-        self.publish("availability", OFFLINE, qos=1, retain=True, raw=True)
         deadline = time.monotonic() + flush_timeout
         while time.monotonic() < deadline and self.stats.connected and self.pending() > 0:
             time.sleep(0.02)
         left = self.pending()
         if left:
-            log.warning("MQTT: %d message(s) not delivered at shutdown", left)
+            where = (
+                "kept in %s for the next start" % self.settings.spool_path
+                if self.settings.spool_path
+                else "lost"
+            )
+            log.warning("MQTT: %d message(s) not acknowledged at shutdown: %s", left, where)
+        if self.stats.connected:
+            # Directly, not through the outbox: a spooled 'offline' must never follow the next 'online'.
+            info = self._client.publish(self.topic("availability"), OFFLINE, qos=1, retain=True)
+            with self._lock:
+                self._ignored_mids.add(info.mid)
+            try:
+                info.wait_for_publish(max(0.5, deadline - time.monotonic()))
+            except (RuntimeError, ValueError) as exc:
+                log.warning("MQTT: could not publish offline: %s", exc)
         self._stop.set()
         with self._wake:
             self._wake.notify_all()
@@ -140,6 +144,8 @@ class MqttPublisher(object):
         self._client.disconnect()
         self._client.loop_stop()
         self._client = None
+        with self._lock:
+            self._outbox.close()
 
     # -- publishing ------------------------------------------------------------------------
     def publish(self, kind, payload, qos=None, retain=False, raw=False):
@@ -147,46 +153,52 @@ class MqttPublisher(object):
         body = payload.encode("utf-8") if raw else encode(payload)
         message = Message(self.topic(kind), body, self.settings.qos if qos is None else qos, retain)
         with self._wake:
-            if len(self._outbox) + len(self._handed) >= self.settings.queue_size and self._outbox:
-                self._outbox.popleft()
+            if self._outbox.append(message):
                 self.stats.dropped += 1
                 if not self._overflow_logged:
-                    log.warning("MQTT: outbox full (%d); dropping the oldest messages",
+                    log.warning("MQTT: outbox full (%d); dropping the oldest messages until the broker is back",
                                 self.settings.queue_size)  # fmt: skip
                     self._overflow_logged = True
-            self._outbox.append(message)
+            self.stats.pending = len(self._outbox)
             self._wake.notify()
 
     def pending(self):
         """Messages queued or handed to paho and not yet acknowledged."""
         with self._lock:
-            return len(self._outbox) + len(self._handed)
+            return len(self._outbox)
 
     def _send_loop(self):
         while not self._stop.is_set():
             with self._wake:
                 while not self._stop.is_set() and not (
-                    self.stats.connected and self._outbox and len(self._handed) < MAX_HANDED_TO_PAHO
+                    self.stats.connected
+                    and self._outbox.pending_count()
+                    and self._outbox.handed_count() < MAX_HANDED_TO_PAHO
                 ):
                     self._wake.wait(0.5)
                 if self._stop.is_set():
                     return
-                message = self._outbox.popleft()
+                key, message = self._outbox.take()
             # Not under our lock: paho calls on_publish with its own lock held.
             info = self._client.publish(
                 message.topic, message.payload, qos=message.qos, retain=message.retain
             )
             with self._wake:
                 if info.rc != 0 and message.qos == 0:
-                    self._outbox.appendleft(message)  # not connected after all: retry later
+                    self._outbox.give_back(key)  # not connected after all: retry later
                     self._wake.wait(0.1)
                     continue
                 self.stats.published += 1
                 if info.mid in self._early_acks:
                     self._early_acks.discard(info.mid)
-                    self.stats.acknowledged += 1
+                    self._acknowledge(key)
                 else:
-                    self._handed[info.mid] = message
+                    self._keys[info.mid] = key
+
+    def _acknowledge(self, key):
+        self._outbox.ack(key)
+        self.stats.acknowledged += 1
+        self.stats.pending = len(self._outbox)
 
     # -- paho callbacks (network thread) --------------------------------------------------
     def _on_connect(self, client, userdata, flags, reason, properties=None):
@@ -200,8 +212,9 @@ class MqttPublisher(object):
         self.stats.connects += 1
         self.stats.last_reconnect_s = outage
         self.stats.disconnected_since = None
-        client.publish(self.topic("availability"), ONLINE, qos=1, retain=True)
+        info = client.publish(self.topic("availability"), ONLINE, qos=1, retain=True)
         with self._wake:
+            self._ignored_mids.add(info.mid)
             self.stats.connected = True
             self._overflow_logged = False
             self._wake.notify_all()
@@ -221,8 +234,10 @@ class MqttPublisher(object):
 
     def _on_publish(self, client, userdata, mid, *args):
         with self._wake:
-            if self._handed.pop(mid, None) is not None:
-                self.stats.acknowledged += 1
+            if mid in self._ignored_mids:
+                self._ignored_mids.discard(mid)
+            elif mid in self._keys:
+                self._acknowledge(self._keys.pop(mid))
             else:
                 self._early_acks.add(mid)
             self._wake.notify()

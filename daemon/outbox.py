@@ -1,0 +1,128 @@
+"""Bounded outboxes for MQTT messages: in memory, or durable in SQLite (``mqtt.spool_path``).
+
+A message is *pending* until the sender takes it, then *handed* (given to paho) until
+the broker acknowledges it. Both count towards the bound; when full, the oldest
+pending message is dropped (and counted). The durable outbox deletes a row only on
+acknowledgement, so whatever was not acknowledged is sent again after a restart,
+in order (at least once, like QoS 1 itself). Not thread-safe: the publisher locks.
+"""
+
+import collections
+import logging
+import os
+import sqlite3
+
+log = logging.getLogger(__name__)
+
+
+class Message(object):
+    __slots__ = ("topic", "payload", "qos", "retain")
+
+    def __init__(self, topic, payload, qos, retain):
+        self.topic = topic
+        self.payload = payload
+        self.qos = qos
+        self.retain = retain
+
+
+class MemoryOutbox(object):
+    """deque of pending (key, message) plus a dict of handed ones."""
+
+    def __init__(self, limit):
+        self.limit = limit
+        self._pending = collections.deque()
+        self._handed = {}
+        self._next_key = 0
+
+    def __len__(self):
+        return len(self._pending) + len(self._handed)
+
+    def pending_count(self):
+        return len(self._pending)
+
+    def handed_count(self):
+        return len(self._handed)
+
+    def append(self, message):
+        """Add a message; returns how many old ones were dropped to make room (0 or 1)."""
+        dropped = 0
+        if len(self) >= self.limit and self._pending:
+            self._drop_oldest()
+            dropped = 1
+        self._next_key += 1
+        self._store(self._next_key, message)
+        self._pending.append((self._next_key, message))
+        return dropped
+
+    def take(self):
+        """Oldest pending (key, message), now handed; None when nothing is pending."""
+        if not self._pending:
+            return None
+        key, message = self._pending.popleft()
+        self._handed[key] = message
+        return key, message
+
+    def give_back(self, key):
+        """A taken message could not be handed over: it becomes the oldest pending again."""
+        message = self._handed.pop(key)
+        self._pending.appendleft((key, message))
+
+    def ack(self, key):
+        if self._handed.pop(key, None) is not None:
+            self._delete(key)
+
+    def close(self):
+        pass
+
+    def _drop_oldest(self):
+        key, _ = self._pending.popleft()
+        self._delete(key)
+
+    def _store(self, key, message):
+        pass
+
+    def _delete(self, key):
+        pass
+
+
+class SqliteOutbox(MemoryOutbox):
+    """The same, mirrored in an SQLite file that survives restarts."""
+
+    def __init__(self, limit, path):
+        MemoryOutbox.__init__(self, limit)
+        directory = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(directory):
+            os.makedirs(directory)
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY, topic TEXT NOT NULL, "
+            "payload BLOB NOT NULL, qos INTEGER NOT NULL, retain INTEGER NOT NULL)"
+        )
+        rows = self._db.execute("SELECT id, topic, payload, qos, retain FROM outbox ORDER BY id").fetchall()
+        for key, topic, payload, qos, retain in rows:
+            self._pending.append((key, Message(topic, bytes(payload), qos, bool(retain))))
+        self._next_key = rows[-1][0] if rows else 0
+        if rows:
+            log.info(
+                "MQTT spool %s: %d message(s) from before the restart will be sent first", path, len(rows)
+            )
+        while len(self) > self.limit:
+            self._drop_oldest()
+
+    def _store(self, key, message):
+        self._db.execute(
+            "INSERT INTO outbox (id, topic, payload, qos, retain) VALUES (?, ?, ?, ?, ?)",
+            (key, message.topic, sqlite3.Binary(message.payload), message.qos, int(message.retain)),
+        )
+
+    def _delete(self, key):
+        self._db.execute("DELETE FROM outbox WHERE id = ?", (key,))
+
+    def close(self):
+        self._db.close()
+
+
+def create_outbox(limit, spool_path=""):
+    return SqliteOutbox(limit, spool_path) if spool_path else MemoryOutbox(limit)
