@@ -14,7 +14,7 @@ INSTALL_REQUIREMENTS ?= $(if $(filter aarch64,$(shell uname -m)),requirements/je
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 DEVICE_CODE := daemon engine_build/build_engine.py
 
-.PHONY: help setup mosquitto browser data train baselines export eval test lint demo build-engine install uninstall bench clean
+.PHONY: help setup mosquitto browser soak data train baselines export eval test lint demo build-engine install uninstall bench clean
 
 help:
 	@echo "make demo          run the daemon on the bundled sample video (CPU) and print what MQTT receives"
@@ -28,6 +28,7 @@ help:
 	@echo "make build-engine  ONNX -> TensorRT engine (on the Jetson)"
 	@echo "make install       install under PREFIX=$(PREFIX) with the systemd unit (DESTDIR supported)"
 	@echo "make bench         benchmarks -> bench/results/"
+	@echo "make soak          SOAK_MINUTES=10 at 30 fps against Mosquitto: RSS, drops, latency -> bench/results/soak.*"
 
 setup: $(STAMP)
 
@@ -118,6 +119,10 @@ build-engine:
 
 bench: $(STAMP) mosquitto
 	$(PY) -m bench.run $(BENCH_ARGS)
+
+SOAK_MINUTES ?= 10
+soak: $(STAMP) mosquitto
+	$(PY) -m tools.soak --minutes $(SOAK_MINUTES)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

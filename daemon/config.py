@@ -330,7 +330,10 @@ def _build(schema, data, path, errors):
 
 
 def _join(path, key):
-    return "%s.%s" % (path, key) if path else str(key)
+    """Dotted path; keys that are not plain names are shown quoted in brackets: roi['a b']."""
+    if not (isinstance(key, str) and re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", key)):
+        return "%s[%r]" % (path, key)
+    return "%s.%s" % (path, key) if path else key
 
 
 def _cross_checks(config, errors):

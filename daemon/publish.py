@@ -26,8 +26,11 @@ _CONNACK_REASONS = {
     1: "unacceptable protocol version",
     2: "client id rejected",
     3: "broker unavailable",
-    4: "bad user name or password",
+    4: "bad user name or password (check mqtt.username and mqtt.password)",
     5: "not authorised (check mqtt.username and mqtt.password)",
+    # paho-mqtt 2.x reports MQTT 5 reason codes, also for MQTT 3.1.1 brokers
+    134: "bad user name or password (check mqtt.username and mqtt.password)",
+    135: "not authorised (check mqtt.username and mqtt.password)",
 }
 
 
