@@ -46,6 +46,7 @@ def write_config(path, **sections):
     """Write a config YAML from keyword sections (e.g. source={...}, mqtt={...})."""
     data = {"device_id": "test-01", "log_level": "INFO"}
     data.update(sections)
+    data.setdefault("http", {"enabled": False})  # tests that want HTTP pick a free port
     backend = data.setdefault("backend", {})
     for key, name in (("onnx_model", "digits.onnx"), ("keras_model", "digits.keras")):
         backend.setdefault(key, str(MODELS / name))

@@ -7,6 +7,7 @@ import shutil
 import signal
 import sqlite3
 import time
+import urllib.request
 
 import pytest
 
@@ -175,6 +176,7 @@ def test_spool_keeps_unacknowledged_predictions_across_a_restart(tmp_path):
 def test_source_that_breaks_is_reopened_and_the_daemon_stays_online(tmp_path, broker, subscriber_factory):
     video = tmp_path / "clip.mp4"
     shutil.copy(str(VIDEO), str(video))
+    http_port = free_port()
     config = write_config(
         tmp_path / "config.yaml",
         source={
@@ -187,7 +189,7 @@ def test_source_that_breaks_is_reopened_and_the_daemon_stays_online(tmp_path, br
         },  # fmt: skip
         backend={"type": "onnxruntime"},
         mqtt={"host": "127.0.0.1", "port": broker.port},
-        http={"port": free_port()},
+        http={"port": http_port},
         stats_interval_s=1,
     )
     watcher = subscriber_factory(broker.port)
@@ -202,6 +204,9 @@ def test_source_that_breaks_is_reopened_and_the_daemon_stays_online(tmp_path, br
         time.sleep(3)
         stats = watcher.payloads("stats")[-1]
         assert stats["source_state"] == "reconnecting" and stats["source_reconnects"] >= 1
+        with urllib.request.urlopen("http://127.0.0.1:%d/healthz" % http_port, timeout=5) as response:
+            health = json.loads(response.read())
+        assert health["source_state"] == "reconnecting" and health["source_reconnects"] >= 1
         assert process.poll() is None
         assert watcher.on("availability")[-1][1] == b"online"
         seen = len(watcher.on("prediction"))

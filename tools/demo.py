@@ -36,6 +36,7 @@ def main():
     config["source"].update({"type": "file", "path": str(VIDEO), "realtime": True, "loop": False})
     config["mqtt"].update({"host": host, "port": port})
     config["stats_interval_s"] = 2
+    config["http"]["port"] = 0  # any free port: the daemon logs the address of its debug page
     config_path = workdir / "config.yaml"
     config_path.write_text(yaml.safe_dump(config))
     subscriber = Subscriber(port, "digitd/demo/#")
@@ -67,7 +68,8 @@ def _printer(collect):
                 % (body["frame"], rois, body["latency_ms"], body["backend"])
             )
         elif kind == "state":
-            print("state      -> number %s" % json.loads(message.payload.decode("utf-8"))["number"])
+            number = json.loads(message.payload.decode("utf-8"))["number"]
+            print("state      -> number %s" % ("(no digit)" if number is None else number))
         elif kind == "availability":
             print(
                 "availability: %s%s"
