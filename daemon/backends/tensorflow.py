@@ -24,6 +24,7 @@ class TensorFlowBackend(Backend):
         self.threads = threads
         self.model = None
         self._call = None
+        self._to_tensor = None
 
     def load(self):
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -49,13 +50,15 @@ class TensorFlowBackend(Backend):
         def call(images):
             return model(images, training=False)
 
-        self._call = call
-        self._call(np.zeros((1, INPUT_SIZE, INPUT_SIZE, 1), np.float32))  # trace once now
+        # The concrete function skips tf.function's per-call signature matching (~0.6 ms here).
+        self._call = call.get_concrete_function()
+        self._to_tensor = tf.constant
+        self._call(tf.zeros((1, INPUT_SIZE, INPUT_SIZE, 1), tf.float32))
         log.info("TensorFlow %s: %s, %d thread(s)", tf.__version__, self.model_path, self.threads)
         return self
 
     def infer(self, batch):
-        return self._call(np.ascontiguousarray(batch, dtype=np.float32)).numpy()
+        return self._call(self._to_tensor(np.ascontiguousarray(batch, dtype=np.float32))).numpy()
 
     def close(self):
         self.model = None
