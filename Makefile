@@ -14,7 +14,7 @@ INSTALL_REQUIREMENTS ?= $(if $(filter aarch64,$(shell uname -m)),requirements/je
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 DEVICE_CODE := daemon engine_build/build_engine.py
 
-.PHONY: help setup mosquitto browser soak data train baselines export eval test lint demo build-engine install uninstall bench clean
+.PHONY: help setup mosquitto browser fonts soak data train baselines export eval test lint demo build-engine install uninstall bench clean
 
 help:
 	@echo "make demo          run the daemon on the bundled sample video (CPU) and print what MQTT receives"
@@ -53,10 +53,16 @@ browser:
 	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
 	else $(call APT_INSTALL,chromium chromium-driver); fi
 
+# Fonts for printed digits: DejaVu and Liberation train, FreeFont tests (never trained on).
+fonts:
+	@if ls /usr/share/fonts/truetype/freefont/FreeSans.ttf /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf \
+	  /usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf >/dev/null 2>&1; then :; \
+	else $(call APT_INSTALL,fonts-dejavu-core fonts-liberation fonts-freefont-ttf); fi
+
 data: $(STAMP)
 	$(PY) -m engine_build.mnist download --data-dir data/mnist
 
-train: $(STAMP)
+train: $(STAMP) fonts
 	$(PY) -m engine_build.train --output models/digits.keras
 
 baselines: $(STAMP)
@@ -81,7 +87,7 @@ lint: $(STAMP)
 	$(PY) -m ruff format --check .
 	$(VENV)/bin/vermin -q --no-tips --violations -t=3.6- --eval-annotations $(DEVICE_CODE)
 
-test: $(STAMP) mosquitto browser lint
+test: $(STAMP) mosquitto browser fonts lint
 	$(PY) -m pytest -q
 	@# the MQTT tests once more with paho-mqtt 1.6 (the last release for the Nano's Python 3.6)
 	@test -f $(PAHO16)/paho/mqtt/client.py || $(PY) -m pip install --quiet --target $(PAHO16) paho-mqtt==1.6.1

@@ -58,7 +58,12 @@ def build_parser():
     check.add_argument("-c", "--config", default="config.yaml")
     predict = commands.add_parser("predict", help="read the digit(s) in image files")
     predict.add_argument("images", nargs="+", metavar="IMAGE")
-    predict.add_argument("--roi", default="center", choices=("center",))
+    predict.add_argument(
+        "--roi",
+        default="center",
+        choices=("center", "segment", "grid"),
+        help="center: one digit; segment: numbers (lines); grid: a 9x9 sudoku",
+    )
     predict.add_argument("--json", action="store_true", help="one JSON object per image")
     predict.add_argument("-c", "--config", default=None, help="take backend/preprocess settings from here")
     return parser

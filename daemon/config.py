@@ -155,7 +155,21 @@ SCHEMA = Schema(
         ),
         "roi": Schema(
             {
-                "mode": Field(str, "center", "center or boxes", choices=("center", "boxes"), live=True),
+                "mode": Field(str, "center", "center, boxes, segment (numbers) or grid (sudoku, forms)",
+                              choices=("center", "boxes", "segment", "grid"), live=True),
+                "region": Schema(
+                    {
+                        "x": Field(int, 0, "left edge", minimum=0, live=True),
+                        "y": Field(int, 0, "top edge", minimum=0, live=True),
+                        "w": Field(int, 0, "width (0 = whole frame)", minimum=0, live=True),
+                        "h": Field(int, 0, "height (0 = whole frame)", minimum=0, live=True),
+                    }
+                ),
+                "max_digits": Field(int, 12, "segment: most digits read per frame", minimum=1, maximum=200, live=True),
+                "grid_rows": Field(int, 9, "grid: rows", minimum=1, maximum=50, live=True),
+                "grid_cols": Field(int, 9, "grid: columns", minimum=1, maximum=50, live=True),
+                "grid_locate": Field(bool, True, "grid: find the grid's outer frame and undo perspective",
+                                     live=True),
                 "size": Field(int, 200, "side of the centre square, pixels", minimum=8, live=True),
                 "boxes": Field(ListOf(_BOX), [], "fixed boxes (mode boxes): id, x, y, w, h", live=True),
             }

@@ -21,6 +21,22 @@ from daemon.batching import DynamicBatcher
 log = logging.getLogger(__name__)
 
 
+def crop_confidences(backend, params, crops, lock=None):
+    """preprocess -> backend for loose crops: the top probability of each (0 for an empty crop).
+    Lets the segment ROI mode ask the classifier whether a wide blob is one digit or two."""
+    prepared = [preprocess.prepare(crop, params) for crop in crops]
+    tensors = [p.tensor for p in prepared if not p.empty]
+    if not tensors:
+        return [0.0] * len(crops)
+    if lock is None:
+        probabilities = backend.infer_all(np.stack(tensors))
+    else:
+        with lock:
+            probabilities = backend.infer_all(np.stack(tensors))
+    top = iter(probabilities.max(axis=1).tolist())
+    return [0.0 if p.empty else next(top) for p in prepared]
+
+
 class FrameWork(object):
     """One frame on its way through the stages."""
 
@@ -124,9 +140,14 @@ class Pipeline(object):
 
     def _apply_stage_settings(self, config):
         self.roi_extractor = roi.create_extractor(config.roi)
+        if hasattr(self.roi_extractor, "classifier"):
+            self.roi_extractor.classifier = self._crop_confidences
         self.preprocess_params = preprocess.PreprocessParams.from_config(config.preprocess.as_dict())
         self.min_confidence = config.postprocess.min_confidence
         self.smoother = postprocess.Smoother(config.postprocess.smoothing_frames)
+
+    def _crop_confidences(self, crops):
+        return crop_confidences(self.backend, self.preprocess_params, crops, self.infer_lock)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def open(self):
@@ -273,31 +294,32 @@ class Pipeline(object):
             readings = []
             for region, prepared in zip(work.rois, work.prepared):
                 if prepared.empty:
-                    readings.append(postprocess.RoiReading(region.id, region.box, None, 0.0, region.line))
+                    readings.append(postprocess.reading_for(region, None, 0.0))
                     continue
                 digit, confidence = postprocess.classify(probabilities[row], self.min_confidence)
                 row += 1
-                readings.append(postprocess.RoiReading(region.id, region.box, digit, confidence, region.line))
+                readings.append(postprocess.reading_for(region, digit, confidence))
             self._publish_frame(work, readings)
 
     def _publish_frame(self, work, readings):
         frame = work.frame
         latency_ms = (time.monotonic() - frame.captured) * 1000.0
-        self.publisher.publish(
-            "prediction",
-            {
-                "device_id": self.config.device_id,
-                "frame": frame.index,
-                "ts": round(frame.timestamp, 3),
-                "backend": self.backend.name,
-                "latency_ms": round(latency_ms, 2),
-                "rois": [r.as_payload() for r in readings],
-                "number": postprocess.compose_number(readings),
-            },
-        )
+        payload = {
+            "device_id": self.config.device_id,
+            "frame": frame.index,
+            "ts": round(frame.timestamp, 3),
+            "backend": self.backend.name,
+            "latency_ms": round(latency_ms, 2),
+            "rois": [r.as_payload() for r in readings],
+            "number": postprocess.compose_number(readings),
+        }
+        grid = postprocess.compose_grid(readings)
+        if grid is not None:
+            payload["grid"] = grid
+        self.publisher.publish("prediction", payload)
         smoothed = self.smoother.update(readings)
         state_readings = [
-            postprocess.RoiReading(r.roi_id, r.box, smoothed[r.roi_id], 0.0, r.line) for r in readings
+            postprocess.RoiReading(r.roi_id, r.box, smoothed[r.roi_id], 0.0, r.line, r.cell) for r in readings
         ]
         state = [(r.roi_id, r.digit) for r in state_readings]
         if state != self._last_state:

@@ -8,14 +8,15 @@ import numpy as np
 class RoiReading(object):
     """What one ROI read in one frame. ``digit`` is None for no digit / too unsure."""
 
-    __slots__ = ("roi_id", "box", "digit", "confidence", "line")
+    __slots__ = ("roi_id", "box", "digit", "confidence", "line", "cell")
 
-    def __init__(self, roi_id, box, digit, confidence, line=0):
+    def __init__(self, roi_id, box, digit, confidence, line=0, cell=None):
         self.roi_id = roi_id
         self.box = box
         self.digit = digit
         self.confidence = confidence
         self.line = line
+        self.cell = cell
 
     def as_payload(self):
         return {
@@ -42,6 +43,24 @@ def compose_number(readings):
     for reading in readings:
         lines.setdefault(reading.line, []).append("?" if reading.digit is None else str(reading.digit))
     return "\n".join("".join(chars) for chars in lines.values())
+
+
+def compose_grid(readings):
+    """Rows of digits (None for empty cells) when the readings are grid cells, else None."""
+    cells = [r for r in readings if r.cell is not None]
+    if not cells:
+        return None
+    rows = max(r.cell[0] for r in cells) + 1
+    cols = max(r.cell[1] for r in cells) + 1
+    grid = [[None] * cols for _ in range(rows)]
+    for reading in cells:
+        grid[reading.cell[0]][reading.cell[1]] = reading.digit
+    return grid
+
+
+def reading_for(region, digit, confidence):
+    """A RoiReading carrying the ROI's id, box, line and cell."""
+    return RoiReading(region.id, region.box, digit, confidence, region.line, region.cell)
 
 
 class Smoother(object):

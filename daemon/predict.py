@@ -125,25 +125,51 @@ class ImageReader(object):
         return self.read_image(image, roi_mode)
 
     def read_image(self, image, roi_mode="center"):
+        """Read a decoded image: ``center`` (one digit), ``segment`` (numbers) or ``grid`` (9x9)."""
         gray = preprocess.to_gray(image)
         height, width = gray.shape[:2]
-        regions = roi.CenterRoi(min(height, width)).extract(gray)
+        if roi_mode == "segment":
+            from daemon.pipeline import crop_confidences
+
+            extractor = roi.SegmentRoi(
+                classifier=lambda crops: crop_confidences(self.backend, self.params, crops)
+            )
+        elif roi_mode == "grid":
+            extractor = roi.GridRoi()
+        else:
+            extractor = roi.CenterRoi(min(height, width))
+        regions = extractor.extract(gray)
         prepared = [preprocess.prepare(r.crop, self.params) for r in regions]
         tensors = [p.tensor for p in prepared if not p.empty]
         probabilities = self.backend.infer_all(np.stack(tensors)) if tensors else []
-        digits = []
         readings = []
         row = 0
         for region, item in zip(regions, prepared):
             if item.empty:
+                readings.append(postprocess.reading_for(region, None, 0.0))
                 continue
             digit, confidence = postprocess.classify(probabilities[row], self.min_confidence)
             row += 1
-            x, y = region.box[0] + item.ink_box[0], region.box[1] + item.ink_box[1]
-            box = [int(x), int(y), int(item.ink_box[2]), int(item.ink_box[3])]
-            readings.append(postprocess.RoiReading(region.id, box, digit, confidence, region.line))
-            digits.append({"digit": digit, "confidence": round(confidence, 4), "box": box})
-        return {"number": postprocess.compose_number(readings) if readings else None, "digits": digits}
+            box = region.box
+            if roi_mode == "center":  # the ink inside the square, in image coordinates
+                box = (region.box[0] + item.ink_box[0], region.box[1] + item.ink_box[1]) + tuple(
+                    item.ink_box[2:]
+                )
+            readings.append(
+                postprocess.RoiReading(region.id, box, digit, confidence, region.line, region.cell)
+            )
+        found = [r for r in readings if r.cell is not None or r.confidence > 0]
+        digits = [{"digit": r.digit, "confidence": round(r.confidence, 4), "box": [int(v) for v in r.box]}
+                  for r in found if r.cell is None]  # fmt: skip
+        result = {"number": postprocess.compose_number(found) if found else None, "digits": digits}
+        grid = postprocess.compose_grid(readings)
+        if grid is not None:
+            result["grid"] = grid
+            result["digits"] = [{"digit": r.digit, "confidence": round(r.confidence, 4),
+                                 "box": [int(v) for v in r.box], "cell": list(r.cell)}
+                                for r in readings if r.digit is not None]  # fmt: skip
+            result["number"] = None
+        return result
 
 
 def describe(result):

@@ -11,15 +11,17 @@ log = logging.getLogger(__name__)
 
 
 class Roi(object):
-    """One crop to classify. ``box`` is (x, y, w, h) in frame pixels; ``line`` groups digits."""
+    """One crop to classify. ``box`` is (x, y, w, h) in frame pixels; ``line`` groups digits
+    into numbers; ``cell`` is (row, col) in grid mode, else None."""
 
-    __slots__ = ("id", "box", "crop", "line")
+    __slots__ = ("id", "box", "crop", "line", "cell")
 
-    def __init__(self, roi_id, box, crop, line=0):
+    def __init__(self, roi_id, box, crop, line=0, cell=None):
         self.id = roi_id
         self.box = box
         self.crop = crop
         self.line = line
+        self.cell = cell
 
 
 def clip_box(box, width, height):
@@ -70,8 +72,322 @@ class BoxesRoi(object):
 
 def create_extractor(settings):
     """Extractor for the ``roi`` config section."""
+    area = settings.region
+    region = (area.x, area.y, area.w, area.h) if area.w and area.h else None
     if settings.mode == "center":
         return CenterRoi(settings.size)
     if settings.mode == "boxes":
         return BoxesRoi(settings.boxes)
+    if settings.mode == "segment":
+        return SegmentRoi(region, max_digits=settings.max_digits)
+    if settings.mode == "grid":
+        return GridRoi(settings.grid_rows, settings.grid_cols, region, locate=settings.grid_locate)
     raise ValueError("unknown ROI mode %r" % settings.mode)
+
+
+def _ink_mask(gray, block_fraction=0.08, offset=12):
+    """Binary mask of ink (dark on light or light on dark) with local (adaptive) thresholding."""
+    import cv2
+    import numpy as np
+
+    border = np.concatenate([gray[0, :], gray[-1, :], gray[:, 0], gray[:, -1]])
+    if np.median(border) > cv2.mean(gray)[0]:
+        gray = cv2.bitwise_not(gray)  # make ink bright
+    block = max(15, int(min(gray.shape) * block_fraction) | 1)
+    blurred = cv2.GaussianBlur(gray, (5, 5), 0)
+    return cv2.adaptiveThreshold(blurred, 255, cv2.ADAPTIVE_THRESH_MEAN_C, cv2.THRESH_BINARY, block, -offset)
+
+
+def _isolated_crop(gray, labels, parts, box, margin, columns=None):
+    """Crop ``box`` (plus margin) with the ink of other components painted as paper.
+
+    Only *other* components are painted out, so the digit keeps all its ink (adaptive
+    thresholds leave thick strokes hollow; painting by the digit's own mask would too)."""
+    import cv2
+    import numpy as np
+
+    x, y, w, h = box
+    height, width = gray.shape
+    x0, y0 = max(0, x - margin), max(0, y - margin)
+    x1, y1 = min(width, x + w + margin), min(height, y + h + margin)
+    crop = gray[y0:y1, x0:x1].copy()
+    local = labels[y0:y1, x0:x1]
+    others = ((local > 0) & ~np.isin(local, parts)).astype(np.uint8)
+    if columns is not None:  # a split part: its neighbour's columns belong to the neighbour
+        outside = np.ones_like(others)
+        outside[:, max(0, columns[0] - x0) : max(0, columns[1] - x0)] = 0
+        others |= outside & (local > 0)
+    others = cv2.dilate(others, np.ones((3, 3), np.uint8), iterations=2)
+    if others.any():
+        crop[others > 0] = np.median(crop[others == 0]) if (others == 0).any() else 255
+    return crop, (x0, y0, x1 - x0, y1 - y0)
+
+
+class SegmentRoi(object):
+    """Find handwritten digits by connected components and read them as numbers.
+
+    Strokes of one digit are merged (the bar of a 5 or 7, a broken 4); blobs too wide
+    for one digit are split at projection-profile minima; digits are ordered left to
+    right within lines, lines top to bottom. ``Roi.line`` carries the line index.
+    """
+
+    def __init__(self, region=None, max_digits=12, min_height_fraction=0.04, max_aspect=1.1, work_size=960,
+                 classifier=None):  # fmt: skip
+        self.region = region  # (x, y, w, h) or None for the whole frame
+        # classifier(list of crops) -> list of confidences; decides ambiguous splits (a 5 with
+        # a long bar is as wide as two touching digits). Without it, geometry decides.
+        self.classifier = classifier
+        self.max_digits = max_digits
+        self.min_height_fraction = min_height_fraction
+        self.max_aspect = max_aspect  # wider than this x height: touching digits, split
+        self.work_size = work_size
+
+    def extract(self, image):
+        import cv2
+        import numpy as np
+
+        from daemon.preprocess import to_gray
+
+        gray = to_gray(image)
+        ox, oy = 0, 0
+        if self.region is not None:
+            ox, oy, w, h = clip_box(self.region, gray.shape[1], gray.shape[0])
+            gray = gray[oy : oy + h, ox : ox + w]
+        if gray.size == 0 or min(gray.shape) < 8:
+            return []
+        scale = min(1.0, float(self.work_size) / max(gray.shape))
+        work = cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else gray
+        mask = _ink_mask(work)
+        mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((2, 2), np.uint8))
+        count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+        min_height = max(6, self.min_height_fraction * work.shape[0])
+        boxes = []
+        for index in range(1, count):
+            x, y, w, h, area = stats[index]
+            if h < min_height * 0.35 and w < min_height * 0.35:
+                continue  # specks
+            if area < 0.15 * min_height * min_height * 0.1:
+                continue
+            if w > 0.9 * work.shape[1] or h > 0.9 * work.shape[0]:
+                continue  # page edges, ruled lines, frames
+            boxes.append([x, y, w, h, [index]])
+        boxes = self._attach_small_strokes(
+            self._merge_strokes([b for b in boxes if b[3] >= min_height * 0.35])
+        )
+        boxes = [b for b in boxes if b[3] >= min_height]
+        lines = self._lines(boxes)
+        rois = []
+        for line_index, line in enumerate(lines):
+            for box in self._split_wide(line, labels, work):
+                if len(rois) >= self.max_digits:
+                    break
+                crop = self._crop(work, labels, box)
+                full_box = tuple(int(round(v / scale)) for v in box[:4])
+                full_box = (full_box[0] + ox, full_box[1] + oy, full_box[2], full_box[3])
+                rois.append(Roi("d%d_%d" % (line_index, len([r for r in rois if r.line == line_index])),
+                                full_box, crop, line_index))  # fmt: skip
+        return rois
+
+    @staticmethod
+    def _crop(work, labels, box):
+        """The box's own ink on clean paper (neighbours painted out); split parts keep their columns."""
+
+        columns = (box[0], box[0] + box[2]) if len(box) > 5 else None
+        crop, _ = _isolated_crop(work, labels, box[4], box[:4], max(2, box[3] // 6), columns)
+        return crop
+
+    @staticmethod
+    def _merge_strokes(boxes):
+        """Merge components that overlap horizontally (parts of one digit)."""
+        merged = True
+        while merged:
+            merged = False
+            boxes.sort(key=lambda b: b[0])
+            for i in range(len(boxes)):
+                for j in range(i + 1, len(boxes)):
+                    a, b = boxes[i], boxes[j]
+                    overlap = min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0])
+                    narrow = min(a[2], b[2])
+                    vertical_gap = max(a[1], b[1]) - min(a[1] + a[3], b[1] + b[3])
+                    if overlap > 0.5 * narrow and vertical_gap < 0.5 * max(a[3], b[3]):
+                        x0, y0 = min(a[0], b[0]), min(a[1], b[1])
+                        x1, y1 = max(a[0] + a[2], b[0] + b[2]), max(a[1] + a[3], b[1] + b[3])
+                        boxes[i] = [x0, y0, x1 - x0, y1 - y0, a[4] + b[4]]
+                        del boxes[j]
+                        merged = True
+                        break
+                if merged:
+                    break
+        return boxes
+
+    @staticmethod
+    def _attach_small_strokes(boxes):
+        """Short strokes (the bar of a 5, a tick) join the tall component they overlap or touch;
+        the rest (specks, dots) are dropped."""
+        if not boxes:
+            return boxes
+        tallest = max(b[3] for b in boxes)
+        typical = sorted(b[3] for b in boxes if b[3] >= 0.5 * tallest)
+        typical = typical[len(typical) // 2]
+        big = [b for b in boxes if b[3] >= 0.45 * typical]
+        for small in (b for b in boxes if b[3] < 0.45 * typical):
+            best, best_score = None, -0.15 * typical
+            for candidate in big:
+                overlap = min(small[0] + small[2], candidate[0] + candidate[2]) - max(small[0], candidate[0])
+                vertical_gap = max(small[1], candidate[1]) - min(
+                    small[1] + small[3], candidate[1] + candidate[3]
+                )
+                if vertical_gap < 0.3 * typical and overlap > best_score:
+                    best, best_score = candidate, overlap
+            if best is not None:
+                x0, y0 = min(best[0], small[0]), min(best[1], small[1])
+                x1 = max(best[0] + best[2], small[0] + small[2])
+                y1 = max(best[1] + best[3], small[1] + small[3])
+                best[:] = [x0, y0, x1 - x0, y1 - y0, best[4] + small[4]]
+        return big
+
+    @staticmethod
+    def _lines(boxes):
+        """Group boxes into lines by vertical overlap; lines top to bottom, boxes left to right."""
+        lines = []
+        for box in sorted(boxes, key=lambda b: b[1] + b[3] / 2.0):
+            centre = box[1] + box[3] / 2.0
+            for line in lines:
+                top = min(b[1] for b in line)
+                bottom = max(b[1] + b[3] for b in line)
+                if top <= centre <= bottom:
+                    line.append(box)
+                    break
+            else:
+                lines.append([box])
+        return [sorted(line, key=lambda b: b[0]) for line in lines]
+
+    def _split_wide(self, line, labels, work=None):
+        import numpy as np
+
+        heights = sorted(b[3] for b in line)
+        typical = heights[len(heights) // 2]
+        out = []
+        for box in line:
+            x, y, w, h, parts = box
+            reference = max(h, typical)
+            if w <= self.max_aspect * reference:
+                out.append(box)
+                continue
+            pieces = max(2, int(round(w / (0.8 * reference))))
+            ink = np.isin(labels[y : y + h, x : x + w], parts).sum(axis=0).astype(np.float64)
+            cuts = [0]
+            for k in range(1, pieces):
+                expected = k * w / float(pieces)
+                window = int(max(2, 0.25 * w / pieces))
+                low, high = int(max(cuts[-1] + 2, expected - window)), int(min(w - 2, expected + window))
+                cut = low + int(np.argmin(ink[low:high])) if high > low else int(expected)
+                cuts.append(cut)
+            cuts.append(w)
+            split = [[x + a, y, b - a, h, parts, "split"] for a, b in zip(cuts[:-1], cuts[1:])]
+            if self.classifier is not None and work is not None and w < 2.2 * reference:
+                confidences = self.classifier([self._crop(work, labels, c) for c in [box] + split])
+                if confidences[0] >= min(confidences[1:]):
+                    out.append(box)  # one wide digit reads better than its parts
+                    continue
+            out.extend(split)
+        return out
+
+
+class GridRoi(object):
+    """A rows x cols grid (sudoku, forms): optional automatic location of the outer frame
+    (largest quadrilateral, perspective warp), cell borders removed before classifying.
+    ``Roi.line`` is the row, ``Roi.cell`` the (row, col)."""
+
+    def __init__(self, rows=9, cols=9, region=None, locate=True, cell_px=48, border_fraction=0.14):
+        self.rows = rows
+        self.cols = cols
+        self.region = region
+        self.locate = locate
+        self.cell_px = cell_px
+        self.border_fraction = border_fraction
+
+    def find_grid(self, gray):
+        """Corners (tl, tr, br, bl) of the largest convex quadrilateral, or None."""
+        import cv2
+        import numpy as np
+
+        mask = _ink_mask(gray, block_fraction=0.05, offset=8)
+        contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        best, best_area = None, 0.2 * gray.shape[0] * gray.shape[1]
+        for contour in contours:
+            area = cv2.contourArea(contour)
+            if area < best_area:
+                continue
+            hull = cv2.convexHull(contour)
+            approx = cv2.approxPolyDP(hull, 0.02 * cv2.arcLength(hull, True), True)
+            if len(approx) == 4:
+                best, best_area = approx.reshape(4, 2).astype(np.float32), area
+        if best is None:
+            return None
+        total = best.sum(axis=1)
+        diff = np.diff(best, axis=1).ravel()
+        return np.float32(
+            [best[np.argmin(total)], best[np.argmin(diff)], best[np.argmax(total)], best[np.argmax(diff)]]
+        )
+
+    def extract(self, image):
+        import cv2
+        import numpy as np
+
+        from daemon.preprocess import to_gray
+
+        gray = to_gray(image)
+        ox, oy = 0, 0
+        if self.region is not None:
+            ox, oy, w, h = clip_box(self.region, gray.shape[1], gray.shape[0])
+            gray = gray[oy : oy + h, ox : ox + w]
+        if gray.size == 0:
+            return []
+        size = (self.cols * self.cell_px, self.rows * self.cell_px)
+        corners = self.find_grid(gray) if self.locate else None
+        if corners is None:
+            corners = np.float32(
+                [
+                    [0, 0],
+                    [gray.shape[1] - 1, 0],
+                    [gray.shape[1] - 1, gray.shape[0] - 1],
+                    [0, gray.shape[0] - 1],
+                ]
+            )
+        target = np.float32([[0, 0], [size[0] - 1, 0], [size[0] - 1, size[1] - 1], [0, size[1] - 1]])
+        warp = cv2.getPerspectiveTransform(corners, target)
+        flat = cv2.warpPerspective(gray, warp, size, flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REPLICATE)
+        flat = self._remove_lines(flat)
+        inverse = np.linalg.inv(warp)
+        rois = []
+        trim = int(self.cell_px * self.border_fraction)
+        for row in range(self.rows):
+            for col in range(self.cols):
+                x0, y0 = col * self.cell_px + trim, row * self.cell_px + trim
+                side = self.cell_px - 2 * trim
+                crop = flat[y0 : y0 + side, x0 : x0 + side]
+                cell_corners = np.float32([[[x0, y0]], [[x0 + side, y0 + side]]])
+                (a, b) = cv2.perspectiveTransform(cell_corners, inverse).reshape(2, 2)
+                box = (int(a[0]) + ox, int(a[1]) + oy, max(1, int(b[0] - a[0])), max(1, int(b[1] - a[1])))
+                rois.append(Roi("r%dc%d" % (row, col), box, crop, row, (row, col)))
+        return rois
+
+    def _remove_lines(self, flat):
+        """Paint long horizontal/vertical strokes (grid lines) as paper."""
+        import cv2
+        import numpy as np
+
+        mask = _ink_mask(flat, block_fraction=0.05, offset=8)
+        length = int(self.cell_px * 1.5)
+        horizontal = cv2.morphologyEx(
+            mask, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_RECT, (length, 1))
+        )
+        vertical = cv2.morphologyEx(
+            mask, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_RECT, (1, length))
+        )
+        lines = cv2.dilate(cv2.bitwise_or(horizontal, vertical), np.ones((3, 3), np.uint8))
+        cleaned = flat.copy()
+        paper = int(np.median(flat))
+        cleaned[lines > 0] = paper
+        return cleaned

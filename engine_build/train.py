@@ -35,6 +35,12 @@ def parse_args(argv=None):
     parser.add_argument("--patience", type=int, default=4, help="early-stopping patience")
     parser.add_argument("--subset", type=int, default=0, help="train on the first N only (smoke)")
     parser.add_argument("--no-augment", action="store_true")
+    parser.add_argument(
+        "--font-variants",
+        type=int,
+        default=12,
+        help="printed digits per font and digit from engine_build.fonts.TRAINING_FAMILIES (0 = none)",
+    )
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--threads", type=int, default=0, help="TensorFlow threads (0 = all)")
     return parser.parse_args(argv)
@@ -113,6 +119,20 @@ def main(args):
     if args.subset:
         training_idx = training_idx[: args.subset]
     fit_images, fit_labels = train_images[training_idx], train_labels[training_idx]
+    font_files = []
+    if args.font_variants:
+        from engine_build import fonts
+
+        font_files = fonts.find_fonts(fonts.TRAINING_FAMILIES)
+        if not font_files:
+            log.warning(
+                "no training fonts found (apt-get install fonts-dejavu-core fonts-liberation); MNIST only"
+            )
+        printed, printed_labels = fonts.render_digits(font_files, args.font_variants, rng)
+        if len(printed):
+            fit_images = np.concatenate([fit_images, printed])
+            fit_labels = np.concatenate([fit_labels, printed_labels])
+            print("added %d printed digits from %d fonts" % (len(printed), len(font_files)))
     val_x, val_y = normalise_uint8(train_images[validation_idx]), train_labels[validation_idx]
 
     model = models.build(args.arch, seed=args.seed)
@@ -167,6 +187,7 @@ def main(args):
         "training_images": int(len(fit_images)),
         "validation_images": int(len(validation_idx)),
         "augmented": not args.no_augment,
+        "printed_digit_fonts": [os.path.basename(f) for f in font_files],
         "seed": args.seed,
         "batch_size": args.batch_size,
         "wall_time_s": round(wall_time, 1),

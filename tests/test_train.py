@@ -8,14 +8,28 @@ from engine_build import train
 def test_one_epoch_smoke_run_writes_all_outputs(tmp_path):
     output = tmp_path / "smoke.keras"
     args = train.parse_args(
-        ["--output", str(output), "--epochs", "1", "--subset", "3000", "--validation", "1000", "--seed", "3"]
+        [
+            "--output",
+            str(output),
+            "--epochs",
+            "1",
+            "--subset",
+            "3000",
+            "--validation",
+            "1000",
+            "--seed",
+            "3",
+            "--font-variants",
+            "1",
+        ]
     )
     assert train.main(args) == 0
     metrics = json.loads((tmp_path / "smoke.train.json").read_text())
     assert output.exists()
     assert (tmp_path / "smoke.train.png").read_bytes()[:4] == b"\x89PNG"
     assert metrics["architecture"] == "digitnet" and metrics["epochs_run"] == 1
-    assert metrics["training_images"] == 3000 and metrics["validation_images"] == 1000
+    fonts_used = len(metrics["printed_digit_fonts"])
+    assert metrics["training_images"] == 3000 + 10 * fonts_used and metrics["validation_images"] == 1000
     assert metrics["parameters"] > 0 and metrics["flops_per_image"] > 1e6
     # One short epoch leaves BatchNorm statistics unsettled, so test accuracy is noisy;
     # the training accuracy shows the network learned (chance is 0.1).

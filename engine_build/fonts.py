@@ -1,0 +1,74 @@
+"""Printed digits rendered from fonts on this machine, framed exactly like MNIST.
+
+MNIST has only handwriting; printed forms and sudoku use font digits. Training
+mixes in digits from the TRAINING_FAMILIES (Debian's fonts-dejavu and
+fonts-liberation); tests measure on HELD_OUT_FAMILIES (fonts-freefont-ttf),
+which training never sees.
+"""
+
+import glob
+import os
+
+import cv2
+import numpy as np
+
+from daemon.preprocess import fit_digit
+
+FONT_DIRS = ("/usr/share/fonts", "/usr/local/share/fonts", os.path.expanduser("~/.fonts"))
+TRAINING_FAMILIES = ("DejaVuSans", "DejaVuSerif", "LiberationSans", "LiberationSerif", "LiberationMono")
+HELD_OUT_FAMILIES = ("FreeSans", "FreeSerif", "FreeMono")
+EXCLUDED = ("ExtraLight", "MathTeX")
+
+
+def find_fonts(families):
+    """Sorted .ttf/.otf paths whose file name starts with one of ``families``."""
+    found = []
+    for folder in FONT_DIRS:
+        for pattern in ("**/*.ttf", "**/*.otf"):
+            for path in glob.glob(os.path.join(folder, pattern), recursive=True):
+                name = os.path.basename(path)
+                if name.startswith(tuple(families)) and not any(x in name for x in EXCLUDED):
+                    found.append(path)
+    return sorted(set(found))
+
+
+def render_glyph(font_path, digit, size=64):
+    """White digit on black, cropped to its ink (uint8)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.truetype(font_path, size)
+    canvas = Image.new("L", (size * 2, size * 2), 0)
+    ImageDraw.Draw(canvas).text((size // 2, size // 4), str(digit), fill=255, font=font)
+    image = np.array(canvas)
+    x, y, w, h = cv2.boundingRect(image)
+    return image[y : y + h, x : x + w]
+
+
+def render_digits(font_paths, per_font_digit, rng):
+    """(images uint8 [N,28,28] in MNIST framing, labels) with weight, slant and blur variations."""
+    images, labels = [], []
+    for path in font_paths:
+        for digit in range(10):
+            glyph = render_glyph(path, digit)
+            for _ in range(per_font_digit):
+                images.append(vary(glyph, rng))
+                labels.append(digit)
+    return np.array(images, np.uint8), np.array(labels, np.uint8)
+
+
+def vary(glyph, rng):
+    """A printed digit as a camera would see it: stroke weight, slant, blur; MNIST framing."""
+    padded = cv2.copyMakeBorder(glyph, 8, 8, 8, 8, cv2.BORDER_CONSTANT, value=0)
+    weight = rng.integers(-1, 3)
+    kernel = np.ones((3, 3), np.uint8)
+    if weight > 0:
+        padded = cv2.dilate(padded, kernel, iterations=int(weight))
+    elif weight < 0:
+        padded = cv2.erode(padded, kernel, iterations=1)
+    shear = rng.uniform(-0.12, 0.12)
+    height, width = padded.shape
+    matrix = np.float32([[1, shear, -shear * height / 2.0], [0, 1, 0]])
+    padded = cv2.warpAffine(padded, matrix, (width, height))
+    if rng.random() < 0.4:
+        padded = cv2.GaussianBlur(padded, (5, 5), rng.uniform(0.5, 1.5))
+    return fit_digit(padded)

@@ -1,0 +1,116 @@
+"""Generated test images: handwritten numbers and sudoku grids on paper, with known truth.
+
+Handwriting comes from the MNIST *test* set (never trained on), printed digits from
+fonts training never saw (engine_build.fonts.HELD_OUT_FAMILIES).
+"""
+
+import cv2
+import numpy as np
+
+from engine_build import fonts
+
+
+def paper(rng, width, height):
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    angle = rng.uniform(0, 2 * np.pi)
+    gradient = (np.cos(angle) * xx / width + np.sin(angle) * yy / height) * rng.uniform(20, 50)
+    sheet = rng.uniform(185, 225) + gradient - gradient.mean()
+    return sheet + cv2.GaussianBlur(rng.normal(0, 5, (height, width)).astype(np.float32), (3, 3), 0)
+
+
+def ink(sheet, glyph, x, y, darkness):
+    """Darken ``sheet`` with a bright-on-dark glyph at (x, y), clipped to the sheet."""
+    h, w = glyph.shape
+    x0, y0 = max(0, x), max(0, y)
+    x1, y1 = min(sheet.shape[1], x + w), min(sheet.shape[0], y + h)
+    if x1 <= x0 or y1 <= y0:
+        return
+    alpha = glyph[y0 - y : y1 - y, x0 - x : x1 - x].astype(np.float32) / 255.0 * darkness
+    region = sheet[y0:y1, x0:x1]
+    np.minimum(region, region * (1 - alpha) + 35 * alpha, out=region)
+
+
+def mnist_glyph(image28, height):
+    x, y, w, h = cv2.boundingRect(image28)
+    digit = image28[y : y + h, x : x + w]
+    scale = height / float(h)
+    return cv2.resize(digit, (max(1, int(w * scale)), height), interpolation=cv2.INTER_CUBIC)
+
+
+def finish(sheet, rng, max_rotation=3.0):
+    height, width = sheet.shape
+    matrix = cv2.getRotationMatrix2D((width / 2, height / 2), rng.uniform(-max_rotation, max_rotation), 1.0)
+    sheet = cv2.warpAffine(sheet, matrix, (width, height), borderMode=cv2.BORDER_REPLICATE)
+    sheet = sheet + rng.normal(0, rng.uniform(2, 6), sheet.shape)
+    sheet = cv2.GaussianBlur(np.clip(sheet, 0, 255).astype(np.uint8), (3, 3), rng.uniform(0.3, 1.0))
+    return cv2.cvtColor(sheet, cv2.COLOR_GRAY2BGR)
+
+
+def number_image(rng, images, labels):
+    """A 3-8 digit handwritten number: varied spacing (sometimes touching), jittered baseline."""
+    count = int(rng.integers(3, 9))
+    picks = rng.integers(0, len(images), count)
+    height = int(rng.integers(50, 90))
+    glyphs = [mnist_glyph(images[i], height) for i in picks]
+    gaps = [int(rng.integers(-3, 2)) if rng.random() < 0.15 else int(rng.integers(4, 28)) for _ in glyphs]
+    width = sum(g.shape[1] for g in glyphs) + sum(gaps) + 120
+    sheet = paper(rng, max(width, 320), height + 120)
+    x = 60
+    for glyph, gap in zip(glyphs, gaps):
+        ink(sheet, glyph, x, 60 + int(rng.integers(-6, 7)), rng.uniform(0.75, 0.95))
+        x += glyph.shape[1] + gap
+    return finish(sheet, rng), "".join(str(labels[i]) for i in picks)
+
+
+def printed_glyph(font_path, digit, height, rng):
+    glyph = fonts.render_glyph(font_path, digit, size=int(height * 1.4))
+    scale = height / float(glyph.shape[0])
+    return cv2.resize(glyph, (max(1, int(glyph.shape[1] * scale)), height), interpolation=cv2.INTER_AREA)
+
+
+def sudoku_image(rng, images, labels, font_paths, cell=52, empty_fraction=0.5):
+    """A 9x9 grid with printed lines, MNIST and font digits, empty cells, slight perspective."""
+    board = 9 * cell
+    size = board + 140
+    sheet = paper(rng, size, size)
+    origin = 70
+    truth = [[None] * 9 for _ in range(9)]
+    for row in range(9):
+        for col in range(9):
+            if rng.random() < empty_fraction:
+                continue
+            if rng.random() < 0.5:
+                index = int(rng.integers(0, len(images)))
+                glyph, digit = (
+                    mnist_glyph(images[index], int(cell * rng.uniform(0.55, 0.7))),
+                    int(labels[index]),
+                )
+            else:
+                digit = int(rng.integers(1, 10))
+                glyph = printed_glyph(
+                    font_paths[int(rng.integers(0, len(font_paths)))], digit, int(cell * 0.6), rng
+                )
+            x = origin + col * cell + (cell - glyph.shape[1]) // 2 + int(rng.integers(-3, 4))
+            y = origin + row * cell + (cell - glyph.shape[0]) // 2 + int(rng.integers(-3, 4))
+            ink(sheet, glyph, x, y, 0.9)
+            truth[row][col] = digit
+    for i in range(10):
+        thickness = 4 if i % 3 == 0 else 1
+        position = origin + i * cell
+        cv2.line(sheet, (origin, position), (origin + board, position), 40, thickness)
+        cv2.line(sheet, (position, origin), (position, origin + board), 40, thickness)
+    corners = np.float32([[0, 0], [size, 0], [size, size], [0, size]])
+    moved = corners + rng.uniform(-18, 18, (4, 2)).astype(np.float32)
+    sheet = cv2.warpPerspective(sheet, cv2.getPerspectiveTransform(corners, moved), (size, size),
+                                borderMode=cv2.BORDER_REPLICATE)  # fmt: skip
+    return finish(sheet, rng, max_rotation=2.0), truth
+
+
+def printed_crop(rng, font_path, digit):
+    """A printed digit as a camera crop: dark on paper, 100-160 px."""
+    side = int(rng.integers(100, 160))
+    sheet = paper(rng, side, side)
+    glyph = printed_glyph(font_path, digit, int(side * rng.uniform(0.45, 0.7)), rng)
+    ink(sheet, glyph, (side - glyph.shape[1]) // 2 + int(rng.integers(-8, 9)),
+        (side - glyph.shape[0]) // 2 + int(rng.integers(-8, 9)), rng.uniform(0.8, 0.95))  # fmt: skip
+    return finish(sheet, rng, max_rotation=4.0)

@@ -1,0 +1,180 @@
+"""Reading numbers (segment mode), grids (grid mode) and printed digits, on generated images.
+
+With DIGITD_UPDATE_DOCS=1 the worst failures are written to docs/failures/ for a look.
+"""
+
+import json
+import os
+
+import cv2
+import numpy as np
+import pytest
+
+from daemon.predict import ImageReader
+from engine_build import fonts
+from tests import synthetic
+from tests.conftest import ROOT, run_cli, run_daemon, write_config
+
+DOCS = ROOT / "docs" / "failures"
+
+
+@pytest.fixture(scope="module")
+def reader():
+    loaded = ImageReader.from_config(None, [str(ROOT)])
+    yield loaded
+    loaded.close()
+
+
+@pytest.fixture(scope="module")
+def held_out_fonts():
+    found = fonts.find_fonts(fonts.HELD_OUT_FAMILIES)
+    if not found:
+        pytest.fail("fonts-freefont-ttf is needed (make test installs it)")
+    return found
+
+
+def save_failures(name, failures):
+    """Keep the worst few (image, caption) for a person to look at."""
+    if not os.environ.get("DIGITD_UPDATE_DOCS"):
+        return
+    DOCS.mkdir(parents=True, exist_ok=True)
+    for old in DOCS.glob("%s_*.png" % name):
+        old.unlink()
+    for index, (image, caption) in enumerate(failures[:6]):
+        canvas = cv2.copyMakeBorder(image, 0, 28, 0, 0, cv2.BORDER_CONSTANT, value=(255, 255, 255))
+        cv2.putText(canvas, caption, (4, canvas.shape[0] - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 200), 1)
+        cv2.imwrite(str(DOCS / ("%s_%d.png" % (name, index))), canvas)
+
+
+def test_segment_reads_95_percent_of_handwritten_numbers(reader, mnist_test, capsys):
+    rng = np.random.default_rng(2026)
+    right, failures, total = 0, [], 300
+    for _ in range(total):
+        image, truth = synthetic.number_image(rng, *mnist_test)
+        got = reader.read_image(image, "segment")["number"]
+        if got == truth:
+            right += 1
+        else:
+            failures.append((image, "truth %s read %s" % (truth, got)))
+    save_failures("numbers", failures)
+    with capsys.disabled():
+        print("\nsegment: %d of %d numbers read exactly (%.1f %%)" % (right, total, 100.0 * right / total))
+    assert right / float(total) >= 0.95
+
+
+def test_grid_reads_98_percent_of_sudoku_cells(reader, mnist_test, held_out_fonts, capsys):
+    rng = np.random.default_rng(2027)
+    right = cells = empty_right = empties = 0
+    failures = []
+    for _ in range(25):
+        image, truth = synthetic.sudoku_image(rng, *mnist_test, held_out_fonts)
+        grid = reader.read_image(image, "grid")["grid"]
+        wrong = [(r, c) for r in range(9) for c in range(9) if grid[r][c] != truth[r][c]]
+        cells += 81
+        right += 81 - len(wrong)
+        empties += sum(v is None for row in truth for v in row)
+        empty_right += sum(grid[r][c] is None for r in range(9) for c in range(9) if truth[r][c] is None)
+        if wrong:
+            failures.append(
+                (image, "%d wrong: %s" % (len(wrong), ", ".join("r%dc%d" % w for w in wrong[:4])))
+            )
+    save_failures("sudoku", sorted(failures, key=lambda f: -int(f[1].split()[0])))
+    with capsys.disabled():
+        print("\ngrid: %d of %d cells right (%.2f %%), empty cells %d of %d"
+              % (right, cells, 100.0 * right / cells, empty_right, empties))  # fmt: skip
+    assert right / float(cells) >= 0.98
+    assert empty_right / float(empties) >= 0.98
+
+
+def test_printed_digits_in_fonts_never_trained_on(reader, held_out_fonts, capsys):
+    rng = np.random.default_rng(2028)
+    right = total = 0
+    failures = []
+    for path in held_out_fonts:
+        for digit in range(10):
+            for _ in range(6):
+                crop = synthetic.printed_crop(rng, path, digit)
+                result = reader.read_image(crop, "center")
+                got = result["digits"][0]["digit"] if result["digits"] else None
+                total += 1
+                right += got == digit
+                if got != digit:
+                    failures.append(
+                        (
+                            cv2.resize(crop, (140, 140)),
+                            "%s %d read %s" % (os.path.basename(path)[:-4], digit, got),
+                        )
+                    )
+    save_failures("printed", failures)
+    with capsys.disabled():
+        print("\nprinted digits, unseen fonts: %d of %d (%.2f %%)" % (right, total, 100.0 * right / total))
+    assert right / float(total) >= 0.99
+
+
+def test_predict_cli_reads_numbers_and_grids(tmp_path, mnist_test, held_out_fonts):
+    rng = np.random.default_rng(5)
+    number, truth = synthetic.number_image(rng, *mnist_test)
+    while len(truth) < 4:
+        number, truth = synthetic.number_image(rng, *mnist_test)
+    cv2.imwrite(str(tmp_path / "number.png"), number)
+    sudoku, grid_truth = synthetic.sudoku_image(rng, *mnist_test, held_out_fonts)
+    cv2.imwrite(str(tmp_path / "sudoku.jpg"), sudoku)
+    segment = run_cli("predict", "--roi", "segment", "--json", tmp_path / "number.png")
+    assert segment.returncode == 0, segment.stderr
+    result = json.loads(segment.stdout)
+    assert len(result["digits"]) == len(truth)
+    assert all(len(d["box"]) == 4 and 0 <= d["confidence"] <= 1 for d in result["digits"])
+    xs = [d["box"][0] for d in result["digits"]]
+    assert xs == sorted(xs)
+    grid = json.loads(run_cli("predict", "--roi", "grid", "--json", tmp_path / "sudoku.jpg").stdout)["grid"]
+    assert len(grid) == 9 and all(len(row) == 9 for row in grid)
+    assert sum(grid[r][c] == grid_truth[r][c] for r in range(9) for c in range(9)) >= 78
+
+
+def number_video(path, numbers, mnist_test, frames_each=10):
+    """A 640x480 video showing each handwritten number for ``frames_each`` frames."""
+    images, labels = mnist_test
+    rng = np.random.default_rng(9)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 30.0, (640, 480))
+    truth = []
+    for digits in numbers:
+        sheet = synthetic.paper(rng, 640, 480)
+        x = 140
+        for digit in digits:
+            index = int(rng.choice(np.flatnonzero(labels == int(digit))))
+            glyph = synthetic.mnist_glyph(images[index], 80)
+            synthetic.ink(sheet, glyph, x, 200, 0.9)
+            x += glyph.shape[1] + 18
+        frame = cv2.cvtColor(np.clip(sheet, 0, 255).astype(np.uint8), cv2.COLOR_GRAY2BGR)
+        for _ in range(frames_each):
+            writer.write(frame)
+            truth.append(digits)
+    writer.release()
+    return truth
+
+
+@pytest.mark.mqtt
+def test_daemon_publishes_a_multi_digit_number_from_video(
+    tmp_path, mnist_test, broker, subscriber_factory, schemas
+):
+    video = tmp_path / "meter.mp4"
+    truth = number_video(video, ["4071", "4072", "31337"], mnist_test)
+    config = write_config(
+        tmp_path / "config.yaml",
+        source={"type": "file", "path": str(video)},
+        roi={"mode": "segment"},
+        backend={"type": "onnxruntime"},
+        mqtt={"host": "127.0.0.1", "port": broker.port},
+    )
+    subscriber = subscriber_factory(broker.port)
+    process = run_daemon(config)
+    assert process.wait(60) == 0, process.log_path.read_text()
+    assert subscriber.wait_for(lambda s: len(s.on("prediction")) >= len(truth), timeout=10)
+    predictions = subscriber.payloads("prediction")
+    for payload in predictions:
+        schemas["prediction"].validate(payload)
+    right = sum(p["number"] == truth[p["frame"] - 1] for p in predictions)
+    assert right >= 0.9 * len(truth)
+    states = [s["number"] for s in subscriber.payloads("state")]
+    assert "4071" in states and "31337" in states
+    assert len(predictions[0]["rois"]) == 4 and predictions[0]["rois"][0]["id"] == "d0_0"
