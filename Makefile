@@ -91,7 +91,7 @@ test: $(STAMP) mosquitto browser fonts lint
 	$(PY) -m pytest -q
 	@# the MQTT tests once more with paho-mqtt 1.6 (the last release for the Nano's Python 3.6)
 	@test -f $(PAHO16)/paho/mqtt/client.py || $(PY) -m pip install --quiet --target $(PAHO16) paho-mqtt==1.6.1
-	PYTHONPATH=$(PAHO16) DIGITD_EXPECT_PAHO=1.6 $(PY) -m pytest -q -m mqtt
+	PYTHONPATH=$(PAHO16) DIGITD_EXPECT_PAHO=1.6 $(PY) -m pytest -q -m "mqtt and not slow"
 
 # Code under PREFIX, config under SYSCONFDIR/digitd (never overwritten), the unit, the user.
 # With DESTDIR (packaging, tests) nothing outside DESTDIR is touched: no user, venv or systemctl.
