@@ -85,6 +85,17 @@ def create_extractor(settings):
     raise ValueError("unknown ROI mode %r" % settings.mode)
 
 
+def _region_gray(image, region):
+    """(gray crop of ``region`` or the whole image, its x offset, its y offset)."""
+    from daemon.preprocess import to_gray
+
+    gray = to_gray(image)
+    if region is None:
+        return gray, 0, 0
+    x, y, w, h = clip_box(region, gray.shape[1], gray.shape[0])
+    return gray[y : y + h, x : x + w], x, y
+
+
 def _ink_mask(gray, block_fraction=0.08, offset=12):
     """Binary mask of ink (dark on light or light on dark) with local (adaptive) thresholding."""
     import cv2
@@ -146,13 +157,7 @@ class SegmentRoi(object):
         import cv2
         import numpy as np
 
-        from daemon.preprocess import to_gray
-
-        gray = to_gray(image)
-        ox, oy = 0, 0
-        if self.region is not None:
-            ox, oy, w, h = clip_box(self.region, gray.shape[1], gray.shape[0])
-            gray = gray[oy : oy + h, ox : ox + w]
+        gray, ox, oy = _region_gray(image, self.region)
         if gray.size == 0 or min(gray.shape) < 8:
             return []
         scale = min(1.0, float(self.work_size) / max(gray.shape))
@@ -335,13 +340,7 @@ class GridRoi(object):
         import cv2
         import numpy as np
 
-        from daemon.preprocess import to_gray
-
-        gray = to_gray(image)
-        ox, oy = 0, 0
-        if self.region is not None:
-            ox, oy, w, h = clip_box(self.region, gray.shape[1], gray.shape[0])
-            gray = gray[oy : oy + h, ox : ox + w]
+        gray, ox, oy = _region_gray(image, self.region)
         if gray.size == 0:
             return []
         size = (self.cols * self.cell_px, self.rows * self.cell_px)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from daemon.preprocess import normalise_uint8
-from engine_build import mnist
+from engine_build import mnist, run_main
 
 DEFAULT_MODELS = (
     "models/digits.keras",
@@ -182,9 +182,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    try:
-        sys.exit(main(parse_args()))
-    except mnist.MnistDataError as error:
-        print("error: %s" % error, file=sys.stderr)
-        sys.exit(1)
+    run_main(main, parse_args)

@@ -10,7 +10,6 @@ or when ONNX Runtime disagrees with Keras by more than ``--tolerance``.
 import argparse
 import logging
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import numpy as np
 
 from daemon import model_meta
 from daemon.preprocess import INPUT_SIZE, NORMALISATION, normalise_uint8
-from engine_build import mnist
+from engine_build import mnist, run_main
 from engine_build.models import INPUT_NAME, OUTPUT_NAME
 
 log = logging.getLogger(__name__)
@@ -207,9 +206,11 @@ def main(args):
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    try:
-        sys.exit(main(parse_args()))
-    except (ExportError, mnist.MnistDataError, OSError) as error:
-        print("error: %s" % error, file=sys.stderr)
-        sys.exit(1)
+    run_main(
+        main,
+        parse_args,
+        (
+            ExportError,
+            OSError,
+        ),
+    )

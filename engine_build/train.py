@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from daemon.preprocess import normalise_uint8
-from engine_build import mnist, models
+from engine_build import mnist, models, run_main
 from engine_build.augment import AugmentParams, augment_batch
 
 log = logging.getLogger(__name__)
@@ -206,9 +206,4 @@ def main(args):
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    try:
-        sys.exit(main(parse_args()))
-    except mnist.MnistDataError as error:
-        print("error: %s" % error, file=sys.stderr)
-        sys.exit(1)
+    run_main(main, parse_args)

@@ -239,20 +239,28 @@ def test_build_engine_cli_without_tensorrt_says_where_to_get_it_and_exits_69():
     assert "Traceback" not in result.stderr
 
 
-def test_build_engine_cli_through_the_simulator(tmp_path, model_dir):
-    env = dict(os.environ, PYTHONPATH=str(SIMULATOR), DIGITD_TRT_SIM_VERSION="8.2.1.8")
-    result = subprocess.run(
+def simulated_env(version):
+    return dict(os.environ, PYTHONPATH=str(SIMULATOR), DIGITD_TRT_SIM_VERSION=version)
+
+
+def build_engine_cli(model_dir, tmp_path, version):
+    """``python -m engine_build.build_engine`` in a subprocess that imports the simulator."""
+    return subprocess.run(
         [sys.executable, "-m", "engine_build.build_engine", "--onnx", str(model_dir / "digits.onnx"),
          "--timing-cache", str(tmp_path / "t.cache")],
-        cwd=str(ROOT), capture_output=True, text=True, env=env,
+        cwd=str(ROOT), capture_output=True, text=True, env=simulated_env(version),
     )  # fmt: skip
+
+
+def test_build_engine_cli_through_the_simulator(tmp_path, model_dir):
+    result = build_engine_cli(model_dir, tmp_path, "8.2.1.8")
     assert result.returncode == 0, result.stderr
     assert "built %s" % (model_dir / "digits.fp16.engine") in result.stdout
     assert "GPU NVIDIA Tegra X1 (sm 5.3)" in result.stdout
 
 
 def test_tensorrt_path_never_imports_tensorflow(tmp_path, model_dir):
-    env = dict(os.environ, PYTHONPATH=str(SIMULATOR), DIGITD_TRT_SIM_VERSION="10.3.0")
+    env = simulated_env("10.3.0")
     onnx_path, engine_path = str(model_dir / "digits.onnx"), str(model_dir / "digits.fp16.engine")
     code = (
         "import sys, numpy as np\n"
@@ -275,12 +283,8 @@ def test_tensorrt_path_never_imports_tensorflow(tmp_path, model_dir):
 def test_daemon_publishes_over_mosquitto_with_the_tensorrt_backend(
     flavour, tmp_path, model_dir, broker, subscriber_factory, schemas
 ):
-    env = dict(os.environ, PYTHONPATH=str(SIMULATOR), DIGITD_TRT_SIM_VERSION=FLAVOURS[flavour])
-    built = subprocess.run(
-        [sys.executable, "-m", "engine_build.build_engine", "--onnx", str(model_dir / "digits.onnx"),
-         "--timing-cache", str(tmp_path / "t.cache")],
-        cwd=str(ROOT), capture_output=True, text=True, env=env,
-    )  # fmt: skip
+    env = simulated_env(FLAVOURS[flavour])
+    built = build_engine_cli(model_dir, tmp_path, FLAVOURS[flavour])
     assert built.returncode == 0, built.stderr
     config_path = write_config(
         tmp_path / "config.yaml",
