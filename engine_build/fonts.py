@@ -12,7 +12,7 @@ import os
 import cv2
 import numpy as np
 
-from daemon.preprocess import fit_digit
+from daemon import preprocess
 
 FONT_DIRS = ("/usr/share/fonts", "/usr/local/share/fonts", os.path.expanduser("~/.fonts"))
 TRAINING_FAMILIES = ("DejaVuSans", "DejaVuSerif", "LiberationSans", "LiberationSerif", "LiberationMono")
@@ -57,7 +57,8 @@ def render_digits(font_paths, per_font_digit, rng):
 
 
 def vary(glyph, rng):
-    """A printed digit as a camera would see it: stroke weight, slant, blur; MNIST framing."""
+    """A printed digit as the daemon sees it: weight and slant varied, inked dark on a lit sheet
+    of paper, blurred like a camera, then through daemon.preprocess exactly as at run time."""
     padded = cv2.copyMakeBorder(glyph, 8, 8, 8, 8, cv2.BORDER_CONSTANT, value=0)
     weight = rng.integers(-1, 3)
     kernel = np.ones((3, 3), np.uint8)
@@ -69,6 +70,15 @@ def vary(glyph, rng):
     height, width = padded.shape
     matrix = np.float32([[1, shear, -shear * height / 2.0], [0, 1, 0]])
     padded = cv2.warpAffine(padded, matrix, (width, height))
-    if rng.random() < 0.4:
-        padded = cv2.GaussianBlur(padded, (5, 5), rng.uniform(0.5, 1.5))
-    return fit_digit(padded)
+    side = int(max(padded.shape) * rng.uniform(1.3, 1.8))
+    paper = np.full((side, side), rng.uniform(170, 230), np.float32)
+    paper += np.linspace(-1, 1, side)[None, :] * rng.uniform(0, 20)
+    y0, x0 = (side - height) // 2, (side - width) // 2
+    alpha = padded.astype(np.float32) / 255.0 * rng.uniform(0.75, 0.95)
+    region = paper[y0 : y0 + height, x0 : x0 + width]
+    region[:] = region * (1 - alpha) + rng.uniform(20, 60) * alpha
+    paper = cv2.GaussianBlur(paper + rng.normal(0, 3, paper.shape), (5, 5), rng.uniform(0.5, 1.5))
+    prepared = preprocess.prepare(np.clip(paper, 0, 255).astype(np.uint8))
+    if prepared.empty:
+        return preprocess.fit_digit(padded)
+    return np.round(prepared.tensor[:, :, 0] / preprocess.PIXEL_SCALE).astype(np.uint8)

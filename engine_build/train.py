@@ -42,6 +42,7 @@ def parse_args(argv=None):
         help="printed digits per font and digit from engine_build.fonts.TRAINING_FAMILIES (0 = none)",
     )
     parser.add_argument("--seed", type=int, default=1234)
+    parser.add_argument("--init-from", default=None, help="start from this .keras model (fine-tuning)")
     parser.add_argument("--threads", type=int, default=0, help="TensorFlow threads (0 = all)")
     return parser.parse_args(argv)
 
@@ -135,7 +136,11 @@ def main(args):
             print("added %d printed digits from %d fonts" % (len(printed), len(font_files)))
     val_x, val_y = normalise_uint8(train_images[validation_idx]), train_labels[validation_idx]
 
-    model = models.build(args.arch, seed=args.seed)
+    if args.init_from:
+        tf.keras.utils.set_random_seed(args.seed)
+        model = tf.keras.models.load_model(args.init_from, compile=False)
+    else:
+        model = models.build(args.arch, seed=args.seed)
     steps = int(np.ceil(len(fit_images) / float(args.batch_size))) * args.epochs
     schedule = tf.keras.optimizers.schedules.CosineDecay(
         0.0, steps, alpha=0.01, warmup_target=args.learning_rate, warmup_steps=max(1, steps // 15)
@@ -189,6 +194,7 @@ def main(args):
         "augmented": not args.no_augment,
         "printed_digit_fonts": [os.path.basename(f) for f in font_files],
         "seed": args.seed,
+        "initialised_from": args.init_from,
         "batch_size": args.batch_size,
         "wall_time_s": round(wall_time, 1),
         "tensorflow": tf.__version__,
