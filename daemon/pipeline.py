@@ -21,20 +21,26 @@ from daemon.batching import DynamicBatcher
 log = logging.getLogger(__name__)
 
 
+def infer_prepared(backend, prepared):
+    """The non-empty prepared crops through the backend in one call; per crop, its probability
+    vector, or None for an empty crop (which never reaches the model)."""
+    tensors = [p.tensor for p in prepared if not p.empty]
+    if not tensors:
+        return [None] * len(prepared)
+    rows = iter(backend.infer_all(np.stack(tensors)))
+    return [None if p.empty else next(rows) for p in prepared]
+
+
 def crop_confidences(backend, params, crops, lock=None):
     """preprocess -> backend for loose crops: the top probability of each (0 for an empty crop).
     Lets the segment ROI mode ask the classifier whether a wide blob is one digit or two."""
     prepared = [preprocess.prepare(crop, params) for crop in crops]
-    tensors = [p.tensor for p in prepared if not p.empty]
-    if not tensors:
-        return [0.0] * len(crops)
     if lock is None:
-        probabilities = backend.infer_all(np.stack(tensors))
+        probabilities = infer_prepared(backend, prepared)
     else:
         with lock:
-            probabilities = backend.infer_all(np.stack(tensors))
-    top = iter(probabilities.max(axis=1).tolist())
-    return [0.0 if p.empty else next(top) for p in prepared]
+            probabilities = infer_prepared(backend, prepared)
+    return [0.0 if p is None else float(p.max()) for p in probabilities]
 
 
 class FrameWork(object):
@@ -276,28 +282,27 @@ class Pipeline(object):
                 return
 
     def _infer_and_publish(self, works):
-        tensors = [p.tensor for w in works for p in w.prepared if not p.empty]
-        probabilities = None
-        if tensors:
-            try:
-                with self.infer_lock:
-                    probabilities = self.backend.infer_all(np.stack(tensors))
-            except Exception:  # noqa: BLE001 - counted; the next batch may succeed
-                self.stats.inference_errors += 1
-                log.exception("inference failed for frames %s", [w.frame.index for w in works])
-                return
+        prepared = [p for work in works for p in work.prepared]
+        crops = sum(1 for p in prepared if not p.empty)
+        try:
+            with self.infer_lock:
+                probabilities = iter(infer_prepared(self.backend, prepared))
+        except Exception:  # noqa: BLE001 - counted; the next batch may succeed
+            self.stats.inference_errors += 1
+            log.exception("inference failed for frames %s", [w.frame.index for w in works])
+            return
+        if crops:
             self.stats.batches += 1
-            self.stats.crops += len(tensors)
-            self.stats.batch_buckets.observe(len(tensors))
-        row = 0
+            self.stats.crops += crops
+            self.stats.batch_buckets.observe(crops)
         for work in works:
             readings = []
-            for region, prepared in zip(work.rois, work.prepared):
-                if prepared.empty:
+            for region in work.rois:
+                row = next(probabilities)
+                if row is None:
                     readings.append(postprocess.reading_for(region, None, 0.0))
                     continue
-                digit, confidence = postprocess.classify(probabilities[row], self.min_confidence)
-                row += 1
+                digit, confidence = postprocess.classify(row, self.min_confidence)
                 readings.append(postprocess.reading_for(region, digit, confidence))
             self._publish_frame(work, readings)
 

@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 
 from daemon import backends, postprocess, preprocess, roi
+from daemon.pipeline import crop_confidences, infer_prepared
 
 log = logging.getLogger(__name__)
 
@@ -129,8 +130,6 @@ class ImageReader(object):
         gray = preprocess.to_gray(image)
         height, width = gray.shape[:2]
         if roi_mode == "segment":
-            from daemon.pipeline import crop_confidences
-
             extractor = roi.SegmentRoi(
                 classifier=lambda crops: crop_confidences(self.backend, self.params, crops)
             )
@@ -140,16 +139,12 @@ class ImageReader(object):
             extractor = roi.CenterRoi(min(height, width))
         regions = extractor.extract(gray)
         prepared = [preprocess.prepare(r.crop, self.params) for r in regions]
-        tensors = [p.tensor for p in prepared if not p.empty]
-        probabilities = self.backend.infer_all(np.stack(tensors)) if tensors else []
         readings = []
-        row = 0
-        for region, item in zip(regions, prepared):
-            if item.empty:
+        for region, item, row in zip(regions, prepared, infer_prepared(self.backend, prepared)):
+            if row is None:
                 readings.append(postprocess.reading_for(region, None, 0.0))
                 continue
-            digit, confidence = postprocess.classify(probabilities[row], self.min_confidence)
-            row += 1
+            digit, confidence = postprocess.classify(row, self.min_confidence)
             box = region.box
             if roi_mode == "center":  # the ink inside the square, in image coordinates
                 box = (region.box[0] + item.ink_box[0], region.box[1] + item.ink_box[1]) + tuple(
