@@ -67,7 +67,7 @@ class Service(object):
         if settings.enabled:
             from daemon import web
 
-            self.web = web.WebServer(settings, self.pipeline, web.create_reader(self.pipeline)).start()
+            self.web = web.WebServer(settings, self.pipeline).start()
         self.notifier.ready(
             "reading %s with %s" % (self.pipeline.source.describe(), self.pipeline.backend.name)
         )

@@ -16,7 +16,6 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import cv2
 import numpy as np
 
-from daemon import preprocess
 from daemon.predict import ImageError, decode_image
 
 log = logging.getLogger(__name__)
@@ -149,10 +148,9 @@ class _Server(socketserver.ThreadingMixIn, HTTPServer):
 class WebServer(object):
     """Owns the HTTP server thread; handlers read the pipeline, never block it."""
 
-    def __init__(self, settings, pipeline, image_reader):
+    def __init__(self, settings, pipeline):
         self.settings = settings
         self.pipeline = pipeline
-        self.reader = image_reader
         self.streams = threading.BoundedSemaphore(settings.max_streams)
         self.stopping = threading.Event()
         self._server = None
@@ -189,7 +187,7 @@ class WebServer(object):
     def predict(self, data):
         image = decode_image(data, max_pixels=self.settings.max_pixels)
         with self.pipeline.infer_lock:
-            return self.reader.read_image(image)
+            return reader_for(self.pipeline).read_image(image)
 
 
 def _parse_multipart(content_type, body):
@@ -335,12 +333,10 @@ def _handler_class(web):
     return Handler
 
 
-def create_reader(pipeline):
-    """An ImageReader that shares the pipeline's backend (under its lock)."""
+def reader_for(pipeline):
+    """An ImageReader on the pipeline's backend with its *current* settings (SIGHUP included)."""
     from daemon.predict import ImageReader
 
-    config = pipeline.config
-    reader = ImageReader(config.backend, preprocess.PreprocessParams.from_config(config.preprocess.as_dict()),
-                         config.postprocess.min_confidence)  # fmt: skip
+    reader = ImageReader(pipeline.config.backend, pipeline.preprocess_params, pipeline.min_confidence)
     reader.backend = pipeline.backend
     return reader
