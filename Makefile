@@ -14,7 +14,7 @@ INSTALL_REQUIREMENTS ?= $(if $(filter aarch64,$(shell uname -m)),requirements/je
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 DEVICE_CODE := daemon engine_build/build_engine.py
 
-.PHONY: help setup mosquitto browser fonts soak data train baselines export eval test lint demo build-engine install uninstall bench clean
+.PHONY: help setup mosquitto browser fonts train-fonts soak data train baselines export eval test lint demo build-engine install uninstall bench clean
 
 help:
 	@echo "make demo          run the daemon on the bundled sample video (CPU) and print what MQTT receives"
@@ -53,21 +53,27 @@ browser:
 	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
 	else $(call APT_INSTALL,chromium chromium-driver); fi
 
-# Fonts for printed digits: DejaVu and Liberation train, FreeFont tests (never trained on).
+# Fonts for printed digits: FreeFont tests (never trained on); DejaVu, Liberation, Roboto
+# and Open Sans train (with OpenCV's Hershey faces, see engine_build/fonts.py).
 fonts:
-	@if ls /usr/share/fonts/truetype/freefont/FreeSans.ttf /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf \
-	  /usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf >/dev/null 2>&1; then :; \
-	else $(call APT_INSTALL,fonts-dejavu-core fonts-liberation fonts-freefont-ttf); fi
+	@if ls /usr/share/fonts/truetype/freefont/FreeSans.ttf >/dev/null 2>&1; then :; \
+	else $(call APT_INSTALL,fonts-freefont-ttf); fi
+
+train-fonts:
+	@if ls /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf /usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf \
+	  /usr/share/fonts/truetype/roboto/unhinted/RobotoTTF/Roboto-Regular.ttf \
+	  /usr/share/fonts/truetype/open-sans/OpenSans-Regular.ttf >/dev/null 2>&1; then :; \
+	else $(call APT_INSTALL,fonts-dejavu-core fonts-liberation fonts-roboto-unhinted fonts-open-sans); fi
 
 data: $(STAMP)
 	$(PY) -m engine_build.mnist download --data-dir data/mnist
 
-train: $(STAMP) fonts
+train: $(STAMP) train-fonts
 	$(PY) -m engine_build.train --output models/digits.keras
 
 baselines: $(STAMP)
-	$(PY) -m engine_build.train --arch seed001 --output models/baselines/seed001.keras
-	$(PY) -m engine_build.train --arch mlp --output models/baselines/mlp.keras
+	$(PY) -m engine_build.train --arch seed001 --font-variants 0 --output models/baselines/seed001.keras
+	$(PY) -m engine_build.train --arch mlp --font-variants 0 --output models/baselines/mlp.keras
 
 export: $(STAMP)
 	$(PY) -m engine_build.export_onnx --model models/digits.keras --output models/digits.onnx

@@ -1,9 +1,14 @@
 """Printed digits rendered from fonts on this machine, framed exactly like MNIST.
 
 MNIST has only handwriting; printed forms and sudoku use font digits. Training
-mixes in digits from the TRAINING_FAMILIES (Debian's fonts-dejavu and
-fonts-liberation); tests measure on HELD_OUT_FAMILIES (fonts-freefont-ttf),
-which training never sees.
+mixes in digits from the TRAINING_FAMILIES (Debian's fonts-dejavu-core,
+fonts-liberation, fonts-roboto-unhinted and fonts-open-sans) and OpenCV's Hershey
+stroke fonts; tests measure on HELD_OUT_FAMILIES (fonts-freefont-ttf), which
+training never sees.
+
+Roboto, Open Sans and the Hershey faces matter: DejaVu and Liberation both draw
+"1" with a foot, and without a flagged, footless "1" in training the network
+reads the "1" of Helvetica-like fonts as 7, as MNIST's sevens look alike.
 """
 
 import glob
@@ -15,9 +20,28 @@ import numpy as np
 from daemon import preprocess
 
 FONT_DIRS = ("/usr/share/fonts", "/usr/local/share/fonts", os.path.expanduser("~/.fonts"))
-TRAINING_FAMILIES = ("DejaVuSans", "DejaVuSerif", "LiberationSans", "LiberationSerif", "LiberationMono")
+TRAINING_FAMILIES = (
+    "DejaVuSans",
+    "DejaVuSerif",
+    "LiberationSans",
+    "LiberationSerif",
+    "LiberationMono",
+    "Roboto",
+    "OpenSans",
+)
 HELD_OUT_FAMILIES = ("FreeSans", "FreeSerif", "FreeMono")
-EXCLUDED = ("ExtraLight", "MathTeX")
+EXCLUDED = ("ExtraLight", "Thin", "Hairline", "MathTeX")
+HERSHEY_PREFIX = "hershey:"
+HERSHEY_FACES = {
+    "simplex": cv2.FONT_HERSHEY_SIMPLEX,
+    "duplex": cv2.FONT_HERSHEY_DUPLEX,
+    "complex": cv2.FONT_HERSHEY_COMPLEX,
+    "triplex": cv2.FONT_HERSHEY_TRIPLEX,
+    "complex-italic": cv2.FONT_HERSHEY_COMPLEX | cv2.FONT_ITALIC,
+    "triplex-italic": cv2.FONT_HERSHEY_TRIPLEX | cv2.FONT_ITALIC,
+}
+# Stroke width as a fraction of the digit's height: light, regular, bold.
+HERSHEY_WEIGHTS = (0.06, 0.11, 0.16)
 
 
 def find_fonts(families):
@@ -32,8 +56,38 @@ def find_fonts(families):
     return sorted(set(found))
 
 
+def training_fonts():
+    """TrueType files of TRAINING_FAMILIES, then every Hershey face in every weight
+    (``hershey:<face>:<weight>``; OpenCV draws those, so they exist wherever it does)."""
+    hershey = [
+        "%s%s:%s" % (HERSHEY_PREFIX, face, weight)
+        for face in sorted(HERSHEY_FACES)
+        for weight in HERSHEY_WEIGHTS
+    ]
+    return find_fonts(TRAINING_FAMILIES) + hershey
+
+
+def render_hershey(name, digit, size):
+    """A Hershey digit about as tall as a TrueType digit rendered at ``size`` points."""
+    try:
+        face, weight = name[len(HERSHEY_PREFIX) :].rsplit(":", 1)
+        flags, stroke = HERSHEY_FACES[face], float(weight)
+    except (KeyError, ValueError) as exc:
+        raise ValueError("bad Hershey font %r (want hershey:<face>:<weight>): %s" % (name, exc)) from exc
+    height = 0.72 * size
+    (_, unit_height), _ = cv2.getTextSize("0", flags, 1.0, 1)
+    thickness = max(1, int(round(stroke * height)))
+    canvas = np.zeros((int(size * 2), int(size * 2)), np.uint8)
+    cv2.putText(canvas, str(digit), (size // 2, int(size * 1.5)), flags, height / unit_height, 255, thickness,
+                cv2.LINE_AA)  # fmt: skip
+    x, y, w, h = cv2.boundingRect(canvas)
+    return canvas[y : y + h, x : x + w]
+
+
 def render_glyph(font_path, digit, size=64):
-    """White digit on black, cropped to its ink (uint8)."""
+    """White digit on black, cropped to its ink (uint8); ``font_path`` may name a Hershey face."""
+    if font_path.startswith(HERSHEY_PREFIX):
+        return render_hershey(font_path, digit, size)
     from PIL import Image, ImageDraw, ImageFont
 
     font = ImageFont.truetype(font_path, size)

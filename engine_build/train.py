@@ -38,8 +38,8 @@ def parse_args(argv=None):
     parser.add_argument(
         "--font-variants",
         type=int,
-        default=12,
-        help="printed digits per font and digit from engine_build.fonts.TRAINING_FAMILIES (0 = none)",
+        default=6,
+        help="printed digits per font and digit, from engine_build.fonts.training_fonts() (0 = none)",
     )
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--init-from", default=None, help="start from this .keras model (fine-tuning)")
@@ -124,10 +124,11 @@ def main(args):
     if args.font_variants:
         from engine_build import fonts
 
-        font_files = fonts.find_fonts(fonts.TRAINING_FAMILIES)
-        if not font_files:
+        font_files = fonts.training_fonts()
+        if not fonts.find_fonts(fonts.TRAINING_FAMILIES):
             log.warning(
-                "no training fonts found (apt-get install fonts-dejavu-core fonts-liberation); MNIST only"
+                "no TrueType training fonts found (make train-fonts); "
+                "printed digits come from the Hershey faces only"
             )
         printed, printed_labels = fonts.render_digits(font_files, args.font_variants, rng)
         if len(printed):
@@ -193,6 +194,7 @@ def main(args):
         "validation_images": int(len(validation_idx)),
         "augmented": not args.no_augment,
         "printed_digit_fonts": [os.path.basename(f) for f in font_files],
+        "font_variants": args.font_variants,
         "seed": args.seed,
         "initialised_from": args.init_from,
         "batch_size": args.batch_size,
