@@ -1,10 +1,27 @@
 """The backend interface every inference runtime implements."""
 
+import importlib
+import os
+
 NUM_CLASSES = 10
 
 
 class BackendUnavailable(Exception):
     """The runtime or its model file is missing or unusable (exit code 69)."""
+
+
+def import_runtime(module_name, missing_hint):
+    """Import a runtime module lazily; if it is missing, BackendUnavailable says what to install."""
+    try:
+        return importlib.import_module(module_name)
+    except ImportError as exc:
+        raise BackendUnavailable("%s (%s)" % (missing_hint, exc)) from exc
+
+
+def require_file(path, what):
+    """BackendUnavailable naming ``what`` unless ``path`` is a file."""
+    if not os.path.isfile(path):
+        raise BackendUnavailable("%s %s does not exist" % (what, path))
 
 
 class Backend(object):

@@ -1,12 +1,11 @@
 """ONNX Runtime on the CPU: the fast CPU backend."""
 
 import logging
-import os
 
 import numpy as np
 
 from daemon import model_meta
-from daemon.backends.base import Backend, BackendUnavailable
+from daemon.backends.base import Backend, BackendUnavailable, import_runtime, require_file
 
 log = logging.getLogger(__name__)
 
@@ -23,12 +22,8 @@ class OnnxRuntimeBackend(Backend):
         self.name = "onnxruntime"
 
     def load(self):
-        try:
-            import onnxruntime as ort
-        except ImportError as exc:
-            raise BackendUnavailable("onnxruntime is not installed: %s" % exc) from exc
-        if not os.path.isfile(self.model_path):
-            raise BackendUnavailable("ONNX model %s does not exist" % self.model_path)
+        ort = import_runtime("onnxruntime", "onnxruntime is not installed")
+        require_file(self.model_path, "ONNX model")
         try:
             meta = model_meta.read(self.model_path)
         except model_meta.ModelMetadataError as exc:

@@ -8,7 +8,7 @@ import os
 
 import numpy as np
 
-from daemon.backends.base import Backend, BackendUnavailable
+from daemon.backends.base import Backend, BackendUnavailable, import_runtime, require_file
 from daemon.preprocess import INPUT_SIZE
 
 log = logging.getLogger(__name__)
@@ -28,12 +28,8 @@ class TensorFlowBackend(Backend):
 
     def load(self):
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        try:
-            import tensorflow as tf
-        except ImportError as exc:
-            raise BackendUnavailable("TensorFlow is not installed: %s" % exc) from exc
-        if not os.path.isfile(self.model_path):
-            raise BackendUnavailable("Keras model %s does not exist" % self.model_path)
+        tf = import_runtime("tensorflow", "TensorFlow is not installed")
+        require_file(self.model_path, "Keras model")
         try:
             tf.config.threading.set_intra_op_parallelism_threads(self.threads)
             tf.config.threading.set_inter_op_parallelism_threads(1)

@@ -21,7 +21,7 @@ import numpy as np
 
 from daemon import model_meta
 from daemon.backends import trt_common
-from daemon.backends.base import Backend, BackendUnavailable
+from daemon.backends.base import Backend, BackendUnavailable, import_runtime
 
 log = logging.getLogger(__name__)
 
@@ -55,14 +55,8 @@ class TensorRTBackend(Backend):
 
     # -- loading -----------------------------------------------------------------------------
     def load(self):
-        try:
-            import tensorrt as trt
-        except ImportError as exc:
-            raise BackendUnavailable("%s (%s)" % (trt_common.JETPACK_HINT, exc)) from exc
-        try:
-            import pycuda.driver as cuda
-        except ImportError as exc:
-            raise BackendUnavailable("pycuda is not installed (pip3 install pycuda): %s" % exc) from exc
+        trt = import_runtime("tensorrt", trt_common.JETPACK_HINT)
+        cuda = import_runtime("pycuda.driver", "pycuda is not installed (pip3 install pycuda)")
         self._trt, self._cuda = trt, cuda
         try:
             cuda.init()
