@@ -283,7 +283,7 @@ class Pipeline(object):
 
     def _infer_and_publish(self, works):
         prepared = [p for work in works for p in work.prepared]
-        crops = sum(1 for p in prepared if not p.empty)
+        crops = sum(work.crop_count for work in works)
         try:
             with self.infer_lock:
                 probabilities = iter(infer_prepared(self.backend, prepared))
@@ -296,14 +296,9 @@ class Pipeline(object):
             self.stats.crops += crops
             self.stats.batch_buckets.observe(crops)
         for work in works:
-            readings = []
-            for region in work.rois:
-                row = next(probabilities)
-                if row is None:
-                    readings.append(postprocess.reading_for(region, None, 0.0))
-                    continue
-                digit, confidence = postprocess.classify(row, self.min_confidence)
-                readings.append(postprocess.reading_for(region, digit, confidence))
+            readings = [
+                postprocess.reading_for(r, next(probabilities), self.min_confidence) for r in work.rois
+            ]
             self._publish_frame(work, readings)
 
     def _publish_frame(self, work, readings):

@@ -58,8 +58,12 @@ def compose_grid(readings):
     return grid
 
 
-def reading_for(region, digit, confidence):
-    """A RoiReading carrying the ROI's id, box, line and cell."""
+def reading_for(region, probabilities, min_confidence):
+    """The RoiReading of one ROI (id, box, line, cell) from its probability vector;
+    ``probabilities`` None (an empty crop) reads as no digit with confidence 0."""
+    digit, confidence = None, 0.0
+    if probabilities is not None:
+        digit, confidence = classify(probabilities, min_confidence)
     return RoiReading(region.id, region.box, digit, confidence, region.line, region.cell)
 
 

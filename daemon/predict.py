@@ -139,20 +139,11 @@ class ImageReader(object):
             extractor = roi.CenterRoi(min(height, width))
         regions = extractor.extract(gray)
         prepared = [preprocess.prepare(r.crop, self.params) for r in regions]
-        readings = []
-        for region, item, row in zip(regions, prepared, infer_prepared(self.backend, prepared)):
-            if row is None:
-                readings.append(postprocess.reading_for(region, None, 0.0))
-                continue
-            digit, confidence = postprocess.classify(row, self.min_confidence)
-            box = region.box
-            if roi_mode == "center":  # the ink inside the square, in image coordinates
-                box = (region.box[0] + item.ink_box[0], region.box[1] + item.ink_box[1]) + tuple(
-                    item.ink_box[2:]
-                )
-            readings.append(
-                postprocess.RoiReading(region.id, box, digit, confidence, region.line, region.cell)
-            )
+        rows = infer_prepared(self.backend, prepared)
+        readings = [postprocess.reading_for(r, row, self.min_confidence) for r, row in zip(regions, rows)]
+        if roi_mode == "center" and not prepared[0].empty:  # the ink inside the square, in image coordinates
+            reading, ink_box = readings[0], prepared[0].ink_box
+            reading.box = (reading.box[0] + ink_box[0], reading.box[1] + ink_box[1]) + tuple(ink_box[2:])
         found = [r for r in readings if r.cell is not None or r.confidence > 0]
         digits = [{"digit": r.digit, "confidence": round(r.confidence, 4), "box": [int(v) for v in r.box]}
                   for r in found if r.cell is None]  # fmt: skip
