@@ -119,7 +119,12 @@ def _ink_bright(gray, params):
         return 255 - gray
     if params.polarity == "light_on_dark":
         return gray
-    # The crop's border is paper: ink is whatever lies on the other side of the mean.
+    return auto_ink_bright(gray)
+
+
+def auto_ink_bright(gray):
+    """``gray`` with ink bright, polarity guessed: the image's border is paper, so ink is
+    whatever lies on the other side of the mean."""
     border = np.concatenate([gray[0, :], gray[-1, :], gray[:, 0], gray[:, -1]])
     return cv2.bitwise_not(gray) if np.median(border) > cv2.mean(gray)[0] else gray
 

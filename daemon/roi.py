@@ -99,11 +99,10 @@ def _region_gray(image, region):
 def _ink_mask(gray, block_fraction=0.08, offset=12):
     """Binary mask of ink (dark on light or light on dark) with local (adaptive) thresholding."""
     import cv2
-    import numpy as np
 
-    border = np.concatenate([gray[0, :], gray[-1, :], gray[:, 0], gray[:, -1]])
-    if np.median(border) > cv2.mean(gray)[0]:
-        gray = cv2.bitwise_not(gray)  # make ink bright
+    from daemon.preprocess import auto_ink_bright
+
+    gray = auto_ink_bright(gray)
     block = max(15, int(min(gray.shape) * block_fraction) | 1)
     blurred = cv2.GaussianBlur(gray, (5, 5), 0)
     return cv2.adaptiveThreshold(blurred, 255, cv2.ADAPTIVE_THRESH_MEAN_C, cv2.THRESH_BINARY, block, -offset)
@@ -132,6 +131,13 @@ def _isolated_crop(gray, labels, parts, box, margin, columns=None):
     if others.any():
         crop[others > 0] = np.median(crop[others == 0]) if (others == 0).any() else 255
     return crop, (x0, y0, x1 - x0, y1 - y0)
+
+
+def _union(a, b):
+    """The box [x, y, w, h, component labels] covering boxes ``a`` and ``b``."""
+    x0, y0 = min(a[0], b[0]), min(a[1], b[1])
+    x1, y1 = max(a[0] + a[2], b[0] + b[2]), max(a[1] + a[3], b[1] + b[3])
+    return [x0, y0, x1 - x0, y1 - y0, a[4] + b[4]]
 
 
 class SegmentRoi(object):
@@ -183,20 +189,18 @@ class SegmentRoi(object):
         lines = self._lines(boxes)
         rois = []
         for line_index, line in enumerate(lines):
-            for box in self._split_wide(line, labels, work):
+            for position, box in enumerate(self._split_wide(line, labels, work)):
                 if len(rois) >= self.max_digits:
-                    break
+                    return rois  # no need to split (and classify) the lines left over
                 crop = self._crop(work, labels, box)
                 full_box = tuple(int(round(v / scale)) for v in box[:4])
                 full_box = (full_box[0] + ox, full_box[1] + oy, full_box[2], full_box[3])
-                rois.append(Roi("d%d_%d" % (line_index, len([r for r in rois if r.line == line_index])),
-                                full_box, crop, line_index))  # fmt: skip
+                rois.append(Roi("d%d_%d" % (line_index, position), full_box, crop, line_index))
         return rois
 
     @staticmethod
     def _crop(work, labels, box):
         """The box's own ink on clean paper (neighbours painted out); split parts keep their columns."""
-
         columns = (box[0], box[0] + box[2]) if len(box) > 5 else None
         crop, _ = _isolated_crop(work, labels, box[4], box[:4], max(2, box[3] // 6), columns)
         return crop
@@ -215,9 +219,7 @@ class SegmentRoi(object):
                     narrow = min(a[2], b[2])
                     vertical_gap = max(a[1], b[1]) - min(a[1] + a[3], b[1] + b[3])
                     if overlap > 0.5 * narrow and vertical_gap < 0.5 * max(a[3], b[3]):
-                        x0, y0 = min(a[0], b[0]), min(a[1], b[1])
-                        x1, y1 = max(a[0] + a[2], b[0] + b[2]), max(a[1] + a[3], b[1] + b[3])
-                        boxes[i] = [x0, y0, x1 - x0, y1 - y0, a[4] + b[4]]
+                        boxes[i] = _union(a, b)
                         del boxes[j]
                         merged = True
                         break
@@ -245,10 +247,7 @@ class SegmentRoi(object):
                 if vertical_gap < 0.3 * typical and overlap > best_score:
                     best, best_score = candidate, overlap
             if best is not None:
-                x0, y0 = min(best[0], small[0]), min(best[1], small[1])
-                x1 = max(best[0] + best[2], small[0] + small[2])
-                y1 = max(best[1] + best[3], small[1] + small[3])
-                best[:] = [x0, y0, x1 - x0, y1 - y0, best[4] + small[4]]
+                best[:] = _union(best, small)
         return big
 
     @staticmethod
