@@ -125,16 +125,15 @@ def main(args):
         from engine_build import fonts
 
         font_files = fonts.training_fonts()
-        if not fonts.find_fonts(fonts.TRAINING_FAMILIES):
+        if all(f.startswith(fonts.HERSHEY_PREFIX) for f in font_files):
             log.warning(
                 "no TrueType training fonts found (make train-fonts); "
                 "printed digits come from the Hershey faces only"
             )
         printed, printed_labels = fonts.render_digits(font_files, args.font_variants, rng)
-        if len(printed):
-            fit_images = np.concatenate([fit_images, printed])
-            fit_labels = np.concatenate([fit_labels, printed_labels])
-            print("added %d printed digits from %d fonts" % (len(printed), len(font_files)))
+        fit_images = np.concatenate([fit_images, printed])
+        fit_labels = np.concatenate([fit_labels, printed_labels])
+        print("added %d printed digits from %d fonts" % (len(printed), len(font_files)))
     val_x, val_y = normalise_uint8(train_images[validation_idx]), train_labels[validation_idx]
 
     if args.init_from:
