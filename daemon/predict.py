@@ -137,7 +137,11 @@ class ImageReader(object):
             extractor = roi.GridRoi()
         else:
             extractor = roi.CenterRoi(min(height, width))
-        regions = extractor.extract(gray)
+        outline = None
+        if roi_mode == "grid":
+            regions, outline = extractor.extract_grid(gray)
+        else:
+            regions = extractor.extract(gray)
         prepared = [preprocess.prepare(r.crop, self.params) for r in regions]
         rows = infer_prepared(self.backend, prepared)
         readings = [postprocess.reading_for(r, row, self.min_confidence) for r, row in zip(regions, rows)]
@@ -155,6 +159,7 @@ class ImageReader(object):
                                  "box": [int(v) for v in r.box], "cell": list(r.cell)}
                                 for r in readings if r.digit is not None]  # fmt: skip
             result["number"] = None
+            result["outline"] = None if outline is None else [[round(x, 1), round(y, 1)] for x, y in outline]
         return result
 
 

@@ -122,11 +122,50 @@ def _ink_bright(gray, params):
     return auto_ink_bright(gray)
 
 
-def auto_ink_bright(gray):
-    """``gray`` with ink bright, polarity guessed: the image's border is paper, so ink is
-    whatever lies on the other side of the mean."""
-    border = np.concatenate([gray[0, :], gray[-1, :], gray[:, 0], gray[:, -1]])
-    return cv2.bitwise_not(gray) if np.median(border) > cv2.mean(gray)[0] else gray
+def auto_ink_bright(gray, region=False):
+    """``gray`` with ink bright, polarity guessed by ``ink_is_bright`` (a crop) or
+    ``region_ink_is_bright`` (a page, a frame)."""
+    bright = region_ink_is_bright(gray) if region else ink_is_bright(gray)
+    return gray if bright else cv2.bitwise_not(gray)
+
+
+def _shrunk(gray, longest):
+    if max(gray.shape) <= longest:
+        return gray
+    factor = float(longest) / max(gray.shape)
+    return cv2.resize(gray, None, fx=factor, fy=factor, interpolation=cv2.INTER_AREA)
+
+
+def ink_is_bright(gray):
+    """Whether the ink of a crop (one digit or a few) is brighter than its paper.
+
+    Strokes have a width, paper does not: after splitting the crop into two classes
+    (Otsu), the ink is the class whose pixels lie closer to the other class. A shadow
+    or a dark margin at the crop's edge is wide, so it does not flip the answer as
+    "the border is paper" did."""
+    small = cv2.GaussianBlur(_shrunk(gray, WORK_SIZE), (3, 3), 0)
+    _, bright = cv2.threshold(small, 0, 255, cv2.THRESH_BINARY | cv2.THRESH_OTSU)
+    bright_count = cv2.countNonZero(bright)
+    if bright_count == 0 or bright_count == bright.size:
+        return False
+    dark = cv2.bitwise_not(bright)
+    bright_depth = cv2.mean(cv2.distanceTransform(bright, cv2.DIST_L2, 3), bright)[0]
+    dark_depth = cv2.mean(cv2.distanceTransform(dark, cv2.DIST_L2, 3), dark)[0]
+    return bright_depth < dark_depth
+
+
+def region_ink_is_bright(gray):
+    """Whether the ink of a page or frame (text, lines, many digits) is brighter than the paper.
+
+    Ink is thin: on a 256 px copy, a closing with a small disc fills dark strokes
+    (black-hat), an opening removes bright ones (top-hat); the polarity whose thin
+    features hold more contrast is the ink. Tables, margins, vignetting and shadows are
+    wide and count for neither."""
+    small = _shrunk(gray, 256)
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
+    dark_strokes = cv2.sumElems(cv2.morphologyEx(small, cv2.MORPH_BLACKHAT, kernel))[0]
+    bright_strokes = cv2.sumElems(cv2.morphologyEx(small, cv2.MORPH_TOPHAT, kernel))[0]
+    return bright_strokes > dark_strokes
 
 
 def _levels(image, low_fraction, high_fraction):

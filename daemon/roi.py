@@ -102,7 +102,7 @@ def _ink_mask(gray, block_fraction=0.08, offset=12):
 
     from daemon.preprocess import auto_ink_bright
 
-    gray = auto_ink_bright(gray)
+    gray = auto_ink_bright(gray, region=True)
     block = max(15, int(min(gray.shape) * block_fraction) | 1)
     blurred = cv2.GaussianBlur(gray, (5, 5), 0)
     return cv2.adaptiveThreshold(blurred, 255, cv2.ADAPTIVE_THRESH_MEAN_C, cv2.THRESH_BINARY, block, -offset)
@@ -298,6 +298,55 @@ class SegmentRoi(object):
         return out
 
 
+GRID_WORK_SIZE = 800  # the grid is searched for in a copy whose longer side is at most this
+GRID_MIN_AREA = 0.04  # smallest grid, as a share of the searched image
+GRID_MIN_SCORE = 0.45  # line coverage less cell fill below which a quadrilateral is no grid
+
+
+def _long_lines(mask):
+    """Only the long straight strokes of a mask (frames, ruled lines), text removed."""
+    import cv2
+
+    length = max(9, min(mask.shape) // 25)
+    horizontal = cv2.morphologyEx(mask, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_RECT, (length, 1)))
+    vertical = cv2.morphologyEx(mask, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_RECT, (1, length)))
+    lines = cv2.bitwise_or(horizontal, vertical)
+    return cv2.dilate(lines, cv2.getStructuringElement(cv2.MORPH_RECT, (3, 3)))
+
+
+def _order_corners(points):
+    """Four points as (tl, tr, br, bl)."""
+    import numpy as np
+
+    points = np.asarray(points, np.float32).reshape(-1, 2)
+    centre = points.mean(axis=0)
+    angles = np.arctan2(points[:, 1] - centre[1], points[:, 0] - centre[0])
+    points = points[np.argsort(angles)]  # clockwise in image coordinates, starting anywhere
+    start = int(np.argmin(points.sum(axis=1)))
+    return np.roll(points, -start, axis=0)
+
+
+def _quads_of_hull(hull):
+    """Quadrilaterals that approximate a convex hull: the polygon simplified until four
+    corners are left, and the hull's extreme points along both diagonals."""
+    import cv2
+    import numpy as np
+
+    quads = []
+    perimeter = cv2.arcLength(hull, True)
+    for epsilon in (0.02, 0.04, 0.07):
+        approx = cv2.approxPolyDP(hull, epsilon * perimeter, True)
+        if len(approx) == 4:
+            quads.append(_order_corners(approx))
+            break
+    points = hull.reshape(-1, 2).astype(np.float32)
+    total, diff = points.sum(axis=1), points[:, 0] - points[:, 1]
+    extremes = points[[np.argmin(total), np.argmax(diff), np.argmax(total), np.argmin(diff)]]
+    if len({tuple(p) for p in extremes.tolist()}) == 4:
+        quads.append(_order_corners(extremes))
+    return quads
+
+
 class GridRoi(object):
     """A rows x cols grid (sudoku, forms): optional automatic location of the outer frame
     (largest quadrilateral, perspective warp), cell borders removed before classifying.
@@ -312,38 +361,78 @@ class GridRoi(object):
         self.border_fraction = border_fraction
 
     def find_grid(self, gray):
-        """Corners (tl, tr, br, bl) of the largest convex quadrilateral, or None."""
+        """Corners (tl, tr, br, bl) of the grid's outer frame, or None.
+
+        Candidate quadrilaterals come from the outlines of large ink components (with and
+        without text, which touches the frame in newspapers, filtered out); each is warped
+        flat and scored by how much ink lies along the rows + 1 and cols + 1 lines a grid
+        has there. Polarity, text, other puzzles and dark margins change the candidates,
+        not the verdict."""
         import cv2
         import numpy as np
 
-        mask = _ink_mask(gray, block_fraction=0.05, offset=8)
-        contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-        best, best_area = None, 0.2 * gray.shape[0] * gray.shape[1]
-        for contour in contours:
-            area = cv2.contourArea(contour)
-            if area < best_area:
-                continue
-            hull = cv2.convexHull(contour)
-            approx = cv2.approxPolyDP(hull, 0.02 * cv2.arcLength(hull, True), True)
-            if len(approx) == 4:
-                best, best_area = approx.reshape(4, 2).astype(np.float32), area
+        scale = min(1.0, float(GRID_WORK_SIZE) / max(gray.shape))
+        work = cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else gray
+        mask = _ink_mask(work, block_fraction=0.04, offset=6)
+        min_area = GRID_MIN_AREA * work.shape[0] * work.shape[1]
+        candidates = []
+        for source in (mask, _long_lines(mask)):
+            contours, _ = cv2.findContours(source, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+            for contour in contours:
+                hull = cv2.convexHull(contour)
+                if cv2.contourArea(hull) < min_area:
+                    continue
+                candidates.extend(_quads_of_hull(hull))
+        best, best_score = None, GRID_MIN_SCORE
+        for quad in candidates:
+            quad_score = self._grid_score(mask, quad)
+            if quad_score > best_score:
+                best, best_score = quad, quad_score
         if best is None:
             return None
-        total = best.sum(axis=1)
-        diff = np.diff(best, axis=1).ravel()
-        return np.float32(
-            [best[np.argmin(total)], best[np.argmin(diff)], best[np.argmax(total)], best[np.argmax(diff)]]
-        )
+        return (best / scale).astype(np.float32)
+
+    def _grid_score(self, mask, quad, cell=16):
+        """How much a quadrilateral looks like this grid: mean coverage of its expected lines
+        by ink, less the ink inside the cells (a dark area covers every line too)."""
+        import cv2
+        import numpy as np
+
+        width, height = self.cols * cell, self.rows * cell
+        target = np.float32([[0, 0], [width - 1, 0], [width - 1, height - 1], [0, height - 1]])
+        flat = cv2.warpPerspective(mask, cv2.getPerspectiveTransform(quad, target), (width, height),
+                                   flags=cv2.INTER_NEAREST)  # fmt: skip
+        flat = flat > 0
+        band = max(1, cell // 8)
+        coverage = []
+        for k in range(self.rows + 1):
+            y = min(height - 1, k * cell)
+            coverage.append(flat[max(0, y - band) : y + band + 1].any(axis=0).mean())
+        for k in range(self.cols + 1):
+            x = min(width - 1, k * cell)
+            coverage.append(flat[:, max(0, x - band) : x + band + 1].any(axis=1).mean())
+        inner = np.ones((height, width), bool)
+        for k in range(self.rows + 1):
+            inner[max(0, k * cell - 2 * band) : k * cell + 2 * band + 1] = False
+        for k in range(self.cols + 1):
+            inner[:, max(0, k * cell - 2 * band) : k * cell + 2 * band + 1] = False
+        return float(np.mean(coverage)) - float(flat[inner].mean())
 
     def extract(self, image):
+        return self.extract_grid(image)[0]
+
+    def extract_grid(self, image):
+        """(cell ROIs, outline): the outline is the grid's four corners in frame pixels
+        (clockwise from top-left), None when the grid was not located."""
         import cv2
         import numpy as np
 
         gray, ox, oy = _region_gray(image, self.region)
         if gray.size == 0:
-            return []
+            return [], None
         size = (self.cols * self.cell_px, self.rows * self.cell_px)
         corners = self.find_grid(gray) if self.locate else None
+        outline = None if corners is None else [(float(x) + ox, float(y) + oy) for x, y in corners]
         if corners is None:
             corners = np.float32(
                 [
@@ -369,7 +458,7 @@ class GridRoi(object):
                 (a, b) = cv2.perspectiveTransform(cell_corners, inverse).reshape(2, 2)
                 box = (int(a[0]) + ox, int(a[1]) + oy, max(1, int(b[0] - a[0])), max(1, int(b[1] - a[1])))
                 rois.append(Roi("r%dc%d" % (row, col), box, crop, row, (row, col)))
-        return rois
+        return rois, outline
 
     def _remove_lines(self, flat):
         """Paint long horizontal/vertical strokes (grid lines) as paper."""
