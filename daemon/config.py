@@ -90,7 +90,7 @@ class Section(object):
 
 _PREPROCESS = Schema(
     {
-        "blur_kernel": Field(int, 5, "Gaussian blur kernel (odd, 0 = off)", minimum=0, maximum=31, live=True),
+        "blur_kernel": Field(int, 5, "Gaussian blur kernel for a 200 px crop, scaled with the crop (odd, 0 = off)", minimum=0, maximum=31, live=True),
         "threshold": Field(str, "otsu", "binarisation: otsu, fixed or adaptive",
                            choices=("otsu", "fixed", "adaptive"), live=True),
         "fixed_threshold": Field(int, 128, "level for threshold: fixed", minimum=0, maximum=255, live=True),
@@ -102,8 +102,10 @@ _PREPROCESS = Schema(
         "morphology": Field(str, "none", "none, open, close, dilate or erode",
                             choices=("none", "open", "close", "dilate", "erode"), live=True),
         "morph_kernel": Field(int, 3, "morphology kernel size", minimum=1, maximum=15, live=True),
-        "min_contrast": Field(int, 40, "grey levels between paper and ink below which a crop is empty",
+        "min_contrast": Field(int, 20, "grey levels between paper and ink below which a crop is empty",
                               minimum=0, maximum=255, live=True),
+        "min_contrast_to_noise": Field(float, 6.0, "a crop whose contrast is under this many times its own "
+                                       "pixel noise is empty", minimum=0.0, maximum=100.0, live=True),
         "min_ink_fraction": Field(float, 0.004, "crop with less ink is empty", minimum=0.0, maximum=1.0,
                                   live=True),
         "max_ink_fraction": Field(float, 0.6, "crop with more ink is not a digit", minimum=0.0,

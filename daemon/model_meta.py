@@ -4,7 +4,17 @@ import hashlib
 import json
 import os
 
-LABELS = [str(digit) for digit in range(10)]
+# Classes 0-9 are the digits; models trained with marks (engine_build.marks) have an 11th,
+# "not a digit", for lines, corners, blobs and texture that sit where a digit could be.
+REJECT_CLASS = 10
+LABELS = [str(digit) for digit in range(10)] + ["not a digit"]
+
+
+def labels_for(classes):
+    """The labels of a model with ``classes`` outputs (10: digits only, 11: with reject)."""
+    if classes not in (10, 11):
+        raise ModelMetadataError("a digit model has 10 or 11 outputs, this one has %d" % classes)
+    return LABELS[:classes]
 
 
 class ModelMetadataError(Exception):

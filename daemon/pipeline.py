@@ -40,7 +40,7 @@ def crop_confidences(backend, params, crops, lock=None):
     else:
         with lock:
             probabilities = infer_prepared(backend, prepared)
-    return [0.0 if p is None else float(p.max()) for p in probabilities]
+    return [0.0 if p is None else postprocess.digit_confidence(p) for p in probabilities]
 
 
 class FrameWork(object):

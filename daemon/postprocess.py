@@ -8,15 +8,16 @@ import numpy as np
 class RoiReading(object):
     """What one ROI read in one frame. ``digit`` is None for no digit / too unsure."""
 
-    __slots__ = ("roi_id", "box", "digit", "confidence", "line", "cell")
+    __slots__ = ("roi_id", "box", "digit", "confidence", "line", "cell", "mark")
 
-    def __init__(self, roi_id, box, digit, confidence, line=0, cell=None):
+    def __init__(self, roi_id, box, digit, confidence, line=0, cell=None, mark=False):
         self.roi_id = roi_id
         self.box = box
         self.digit = digit
         self.confidence = confidence
         self.line = line
         self.cell = cell
+        self.mark = mark  # the model called it "not a digit" (a line, a corner, a blob)
 
     def as_payload(self):
         return {
@@ -27,20 +28,40 @@ class RoiReading(object):
         }
 
 
+DIGIT_CLASSES = 10  # a model's outputs past the ten digits: "not a digit" (model_meta.REJECT_CLASS)
+
+
+def is_mark(probabilities):
+    """Whether a model with the reject class calls this crop "not a digit"."""
+    return len(probabilities) > DIGIT_CLASSES and float(probabilities[DIGIT_CLASSES]) > float(
+        np.max(probabilities[:DIGIT_CLASSES])
+    )
+
+
+def digit_confidence(probabilities):
+    """The probability of the likeliest digit (0 for a mark that is not a digit)."""
+    return 0.0 if is_mark(probabilities) else float(np.max(probabilities[:DIGIT_CLASSES]))
+
+
 def classify(probabilities, min_confidence):
-    """Return (digit or None, confidence) for one probability vector."""
-    index = int(np.argmax(probabilities))
+    """Return (digit or None, confidence) for one probability vector: None when the crop is
+    not a digit (reject class) or the likeliest digit is below ``min_confidence``."""
+    index = int(np.argmax(probabilities[:DIGIT_CLASSES]))
     confidence = float(probabilities[index])
+    if is_mark(probabilities):
+        return None, confidence
     return (index if confidence >= min_confidence else None), confidence
 
 
 def compose_number(readings):
     """Digits in reading order; lines joined by newlines; '?' marks an unread ROI between
-    read ones; None when nothing was read."""
+    read ones (a mark that is not a digit is left out); None when nothing was read."""
     if all(r.digit is None for r in readings):
         return None
     lines = collections.OrderedDict()
     for reading in readings:
+        if reading.mark:
+            continue
         lines.setdefault(reading.line, []).append("?" if reading.digit is None else str(reading.digit))
     return "\n".join("".join(chars) for chars in lines.values())
 
@@ -61,10 +82,11 @@ def compose_grid(readings):
 def reading_for(region, probabilities, min_confidence):
     """The RoiReading of one ROI (id, box, line, cell) from its probability vector;
     ``probabilities`` None (an empty crop) reads as no digit with confidence 0."""
-    digit, confidence = None, 0.0
+    digit, confidence, mark = None, 0.0, False
     if probabilities is not None:
         digit, confidence = classify(probabilities, min_confidence)
-    return RoiReading(region.id, region.box, digit, confidence, region.line, region.cell)
+        mark = is_mark(probabilities)
+    return RoiReading(region.id, region.box, digit, confidence, region.line, region.cell, mark)
 
 
 class Smoother(object):

@@ -27,6 +27,7 @@ THRESHOLD_METHODS = ("otsu", "fixed", "adaptive")
 # Crops are first reduced so their longer side is at most this: the digit ends up 20 px
 # anyway, and every later step then costs a fraction (a 200x200 crop: ~6x less work).
 WORK_SIZE = 128
+BLUR_REFERENCE = 200.0
 POLARITIES = ("auto", "dark_on_light", "light_on_dark")
 
 
@@ -51,7 +52,8 @@ class PreprocessParams(object):
         polarity="auto",
         morphology="none",
         morph_kernel=3,
-        min_contrast=40,
+        min_contrast=20,
+        min_contrast_to_noise=6.0,
         min_ink_fraction=0.004,
         max_ink_fraction=0.6,
         min_component_fraction=0.08,
@@ -65,6 +67,7 @@ class PreprocessParams(object):
         self.morphology = morphology
         self.morph_kernel = morph_kernel
         self.min_contrast = min_contrast
+        self.min_contrast_to_noise = min_contrast_to_noise
         self.min_ink_fraction = min_ink_fraction
         self.max_ink_fraction = max_ink_fraction
         self.min_component_fraction = min_component_fraction
@@ -244,6 +247,24 @@ def fit_digit(ink, mask=None):
     return np.clip(canvas, 0, 255).astype(np.uint8)
 
 
+def pixel_noise(gray):
+    """Robust standard deviation of the pixel noise: the median absolute difference from a
+    3x3 median, which strokes and edges barely move."""
+    difference = cv2.absdiff(gray, cv2.medianBlur(gray, 3))
+    return 1.4826 * float(np.median(difference))
+
+
+def blur_size(blur_kernel, side):
+    """The Gaussian kernel for a crop whose longer side is ``side`` pixels after reduction.
+
+    ``blur_kernel`` is meant for a crop of ``BLUR_REFERENCE`` pixels (the seed's 200 px
+    square); smaller crops get a proportionally smaller blur, or none: a 5 px blur on a
+    35 px sudoku cell fills the loops of 6, 8, 9 and 0."""
+    if not blur_kernel:
+        return 0
+    return int(round(blur_kernel * float(side) / BLUR_REFERENCE)) | 1
+
+
 def prepare(crop, params=None):
     """Crop (gray or BGR, any size, any polarity) -> PreparedCrop with the model tensor."""
     params = params or PreprocessParams()
@@ -255,14 +276,14 @@ def prepare(crop, params=None):
         scale = float(WORK_SIZE) / max(gray.shape)
         size = (max(4, int(round(gray.shape[1] * scale))), max(4, int(round(gray.shape[0] * scale))))
         gray = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
-    # The blur is specified at full resolution; INTER_AREA already averaged by 1/scale.
-    kernel = int(round(params.blur_kernel * scale)) | 1 if params.blur_kernel else 0
+    kernel = blur_size(params.blur_kernel, max(gray.shape))
     if kernel > 1:
         gray = cv2.GaussianBlur(gray, (kernel, kernel), 0)
     ink = _ink_bright(gray, params)
     low, high = _levels(ink, 0.05, 0.995)
-    if high - low < params.min_contrast:
-        return _empty("contrast %.0f below %d" % (high - low, params.min_contrast))
+    needed = max(params.min_contrast, params.min_contrast_to_noise * pixel_noise(gray))
+    if high - low < needed:
+        return _empty("contrast %.0f below %.0f" % (high - low, needed))
     mask, level = _binarise(ink, params)
     mask = _morph(mask, params)
     ink_fraction = cv2.countNonZero(mask) / float(mask.size)

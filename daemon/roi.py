@@ -300,7 +300,8 @@ class SegmentRoi(object):
 
 GRID_WORK_SIZE = 800  # the grid is searched for in a copy whose longer side is at most this
 GRID_MIN_AREA = 0.04  # smallest grid, as a share of the searched image
-GRID_MIN_SCORE = 0.45  # line coverage less cell fill below which a quadrilateral is no grid
+GRID_MIN_SCORE = 0.45
+GRID_DIGIT_MIN_HEIGHT = 0.25  # a digit in a grid cell is at least this share of the cell tall  # line coverage less cell fill below which a quadrilateral is no grid
 
 
 def _long_lines(mask):
@@ -352,13 +353,12 @@ class GridRoi(object):
     (largest quadrilateral, perspective warp), cell borders removed before classifying.
     ``Roi.line`` is the row, ``Roi.cell`` the (row, col)."""
 
-    def __init__(self, rows=9, cols=9, region=None, locate=True, cell_px=48, border_fraction=0.14):
+    def __init__(self, rows=9, cols=9, region=None, locate=True, cell_px=48):
         self.rows = rows
         self.cols = cols
         self.region = region
         self.locate = locate
         self.cell_px = cell_px
-        self.border_fraction = border_fraction
 
     def find_grid(self, gray):
         """Corners (tl, tr, br, bl) of the grid's outer frame, or None.
@@ -445,36 +445,76 @@ class GridRoi(object):
         target = np.float32([[0, 0], [size[0] - 1, 0], [size[0] - 1, size[1] - 1], [0, size[1] - 1]])
         warp = cv2.getPerspectiveTransform(corners, target)
         flat = cv2.warpPerspective(gray, warp, size, flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REPLICATE)
-        flat = self._remove_lines(flat)
+        mask, labels, stats = self._digit_components(flat)
         inverse = np.linalg.inv(warp)
         rois = []
-        trim = int(self.cell_px * self.border_fraction)
+        cell = self.cell_px
         for row in range(self.rows):
             for col in range(self.cols):
-                x0, y0 = col * self.cell_px + trim, row * self.cell_px + trim
-                side = self.cell_px - 2 * trim
-                crop = flat[y0 : y0 + side, x0 : x0 + side]
-                cell_corners = np.float32([[[x0, y0]], [[x0 + side, y0 + side]]])
+                x0, y0 = col * cell, row * cell
+                crop = self._cell_crop(flat, mask, labels, stats, x0, y0)
+                cell_corners = np.float32([[[x0, y0]], [[x0 + cell, y0 + cell]]])
                 (a, b) = cv2.perspectiveTransform(cell_corners, inverse).reshape(2, 2)
                 box = (int(a[0]) + ox, int(a[1]) + oy, max(1, int(b[0] - a[0])), max(1, int(b[1] - a[1])))
                 rois.append(Roi("r%dc%d" % (row, col), box, crop, row, (row, col)))
         return rois, outline
 
-    def _remove_lines(self, flat):
-        """Paint long horizontal/vertical strokes (grid lines) as paper."""
+    def _digit_components(self, flat):
+        """(ink mask, component labels, component stats) of the flat grid without its lines."""
         import cv2
         import numpy as np
 
         mask = _ink_mask(flat, block_fraction=0.05, offset=8)
         length = int(self.cell_px * 1.5)
-        horizontal = cv2.morphologyEx(
-            mask, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_RECT, (length, 1))
-        )
-        vertical = cv2.morphologyEx(
-            mask, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_RECT, (1, length))
-        )
+        horizontal = cv2.morphologyEx(mask, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_RECT, (length, 1)))
+        vertical = cv2.morphologyEx(mask, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_RECT, (1, length)))
         lines = cv2.dilate(cv2.bitwise_or(horizontal, vertical), np.ones((3, 3), np.uint8))
-        cleaned = flat.copy()
-        paper = int(np.median(flat))
-        cleaned[lines > 0] = paper
-        return cleaned
+        strokes = cv2.bitwise_and(mask, cv2.bitwise_not(lines))
+        _, labels, stats, _ = cv2.connectedComponentsWithStats(strokes, connectivity=8)
+        return mask, labels, stats
+
+    def _cell_crop(self, flat, mask, labels, stats, x0, y0):
+        """The cell with only its digit's ink left: the components whose box is centred in the
+        cell and tall enough to be a digit, with the pieces touching their box (a broken
+        stroke). Grid-line remnants, specks and a neighbour's overhang are painted as paper;
+        a cell without such a component comes out as blank paper."""
+        import cv2
+        import numpy as np
+
+        cell = self.cell_px
+        centre_x, centre_y = x0 + cell / 2.0, y0 + cell / 2.0
+        window = labels[y0 : y0 + cell, x0 : x0 + cell]
+        present = [i for i in np.unique(window) if i]
+        core = []
+        for index in present:
+            x, y, w, h, _ = stats[index]
+            if (h >= GRID_DIGIT_MIN_HEIGHT * cell and h <= 0.95 * cell and w <= 0.9 * cell
+                    and abs(x + w / 2.0 - centre_x) <= 0.25 * cell and abs(y + h / 2.0 - centre_y) <= 0.25 * cell):  # fmt: skip
+                core.append(index)
+        crop = flat[y0 : y0 + cell, x0 : x0 + cell].copy()
+        paper_pixels = crop[mask[y0 : y0 + cell, x0 : x0 + cell] == 0]
+        paper = int(np.median(paper_pixels)) if paper_pixels.size else int(np.median(crop))
+        if not core:
+            crop[:] = paper
+            return crop
+        left = min(stats[i][0] for i in core)
+        top = min(stats[i][1] for i in core)
+        right = max(stats[i][0] + stats[i][2] for i in core)
+        bottom = max(stats[i][1] + stats[i][3] for i in core)
+        parts = list(core)
+        for index in present:
+            x, y, w, h, _ = stats[index]
+            if index not in core and x < right and x + w > left and y < bottom and y + h > top:
+                parts.append(index)
+        keep = np.isin(window, parts).astype(np.uint8)
+        others = cv2.bitwise_and(mask[y0 : y0 + cell, x0 : x0 + cell], cv2.bitwise_not(keep * 255))
+        others = cv2.dilate(others, np.ones((3, 3), np.uint8), iterations=2)
+        others[cv2.dilate(keep, np.ones((3, 3), np.uint8)) > 0] = 0
+        crop[others > 0] = paper
+        # the blurred edges of grid lines escape the ink mask: outside the digit's box is paper
+        ys, xs = np.nonzero(keep)
+        margin = max(2, cell // 16)
+        outside = np.ones_like(keep)
+        outside[max(0, ys.min() - margin) : ys.max() + margin + 1, max(0, xs.min() - margin) : xs.max() + margin + 1] = 0
+        crop[outside > 0] = paper
+        return crop

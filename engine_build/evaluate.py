@@ -55,14 +55,16 @@ def evaluate_model(path, images, labels, threads=2, batch=1000):
     elapsed = time.perf_counter() - started
     backend.close()
     predicted = probabilities.argmax(1)
-    matrix = confusion_matrix(labels, predicted)
-    per_class = (np.diag(matrix) / matrix.sum(1)).tolist()
+    # an 11th column counts digits the model called "not a digit" (models with the reject class)
+    matrix = confusion_matrix(labels, predicted, probabilities.shape[1])
+    per_class = (np.diag(matrix)[:10] / matrix.sum(1)[:10]).tolist()
     return (
         {
             "model": str(path),
             "backend": backend.name,
             "accuracy": float((predicted == labels).mean()),
             "errors": int((predicted != labels).sum()),
+            "called_not_a_digit": int((predicted >= 10).sum()),
             "per_class_accuracy": [round(v, 5) for v in per_class],
             "confusion_matrix": matrix.tolist(),
             "images": int(len(labels)),
@@ -78,17 +80,19 @@ def plot_confusion(matrix, title, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    matrix = np.asarray(matrix)
+    matrix = np.asarray(matrix)[:10]  # true labels are digits; a reject column may follow
+    columns = matrix.shape[1]
     errors = matrix.copy()
     np.fill_diagonal(errors, 0)
     figure, axis = plt.subplots(figsize=(6, 5.4))
     image = axis.imshow(errors, cmap="Reds")
     for row in range(10):
-        for col in range(10):
+        for col in range(columns):
             value = matrix[row, col]
             if value and row != col:
                 axis.text(col, row, str(value), ha="center", va="center", fontsize=8)
-    axis.set_xticks(range(10))
+    axis.set_xticks(range(columns))
+    axis.set_xticklabels([str(c) if c < 10 else "not\na digit" for c in range(columns)])
     axis.set_yticks(range(10))
     axis.set_xlabel("predicted")
     axis.set_ylabel("true")

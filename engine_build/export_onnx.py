@@ -103,7 +103,7 @@ def run_onnx(path, images_nhwc, threads=1):
     return session.run(None, {session.get_inputs()[0].name: batch})[0]
 
 
-def sidecar(onnx_path, source_path, used_ops, accuracy, precision):
+def sidecar(onnx_path, source_path, used_ops, accuracy, precision, classes=10):
     return {
         "format": "onnx",
         "precision": precision,
@@ -118,12 +118,12 @@ def sidecar(onnx_path, source_path, used_ops, accuracy, precision):
         },
         "output": {
             "name": OUTPUT_NAME,
-            "shape": ["batch", 10],
+            "shape": ["batch", classes],
             "dtype": "float32",
             "meaning": "softmax probabilities",
         },  # fmt: skip
         "normalisation": NORMALISATION,
-        "labels": model_meta.LABELS,
+        "labels": model_meta.labels_for(classes),
         "opset": OPSET,
         "operators": used_ops,
         "test_accuracy": accuracy,
@@ -147,7 +147,7 @@ def keras_sidecar(keras_path, keras_model, accuracy):
             "layout": "NHWC",
         },  # fmt: skip
         "normalisation": NORMALISATION,
-        "labels": model_meta.LABELS,
+        "labels": model_meta.labels_for(int(keras_model.output_shape[-1])),
         "test_accuracy": accuracy,
     }
 
@@ -193,8 +193,9 @@ def main(args):
     fp16_accuracy = float(np.mean(np.argmax(run_onnx(fp16_path, test_x), 1) == labels))
 
     model_meta.write(args.model, keras_sidecar(args.model, keras_model, keras_accuracy))
-    model_meta.write(output, sidecar(output, args.model, used_ops, onnx_accuracy, "fp32"))
-    model_meta.write(fp16_path, sidecar(fp16_path, args.model, fp16_ops, fp16_accuracy, "fp16"))
+    classes = int(keras_model.output_shape[-1])
+    model_meta.write(output, sidecar(output, args.model, used_ops, onnx_accuracy, "fp32", classes))
+    model_meta.write(fp16_path, sidecar(fp16_path, args.model, fp16_ops, fp16_accuracy, "fp16", classes))
     print("opset %d, operators: %s" % (OPSET, ", ".join(used_ops)))
     print(
         "MNIST test accuracy: keras %.4f, onnx %.4f, onnx fp16 %.4f"

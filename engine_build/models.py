@@ -7,8 +7,9 @@ INPUT_NAME = "image"
 OUTPUT_NAME = "probabilities"
 
 
-def build(name, seed=0):
-    """Return an uncompiled Keras model; input [N,28,28,1] float32, output softmax [N,10]."""
+def build(name, seed=0, classes=10):
+    """Return an uncompiled Keras model; input [N,28,28,1] float32, output softmax [N,classes]
+    (10 digits, or 11 with the "not a digit" class)."""
     import tensorflow as tf
     from tensorflow.keras import layers
 
@@ -48,7 +49,7 @@ def build(name, seed=0):
         x = layers.Dense(128, activation="relu")(x)
     else:
         raise ValueError("unknown architecture %r; choose one of %s" % (name, ", ".join(ARCHITECTURES)))
-    outputs = layers.Dense(10, activation="softmax", name=OUTPUT_NAME)(x)
+    outputs = layers.Dense(classes, activation="softmax", name=OUTPUT_NAME)(x)
     return tf.keras.Model(inputs, outputs, name=name)
 
 

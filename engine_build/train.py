@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from daemon.model_meta import REJECT_CLASS as REJECT_LABEL
 from daemon.preprocess import normalise_uint8
 from engine_build import mnist, models, run_main
 from engine_build.augment import AugmentParams, augment_batch
@@ -38,8 +39,14 @@ def parse_args(argv=None):
     parser.add_argument(
         "--font-variants",
         type=int,
-        default=6,
+        default=8,
         help="printed digits per font and digit, from engine_build.fonts.training_fonts() (0 = none)",
+    )
+    parser.add_argument(
+        "--marks",
+        type=int,
+        default=4000,
+        help="marks that are not digits (lines, corners, blobs, texture) for the reject class (0 = none)",
     )
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--init-from", default=None, help="start from this .keras model (fine-tuning)")
@@ -134,13 +141,20 @@ def main(args):
         fit_images = np.concatenate([fit_images, printed])
         fit_labels = np.concatenate([fit_labels, printed_labels])
         print("added %d printed digits from %d fonts" % (len(printed), len(font_files)))
+    if args.marks:
+        from engine_build import marks
+
+        rejects = marks.render_marks(args.marks, rng)
+        fit_images = np.concatenate([fit_images, rejects])
+        fit_labels = np.concatenate([fit_labels, np.full(len(rejects), REJECT_LABEL, fit_labels.dtype)])
+        print("added %d marks that are not digits (class %d)" % (len(rejects), REJECT_LABEL))
     val_x, val_y = normalise_uint8(train_images[validation_idx]), train_labels[validation_idx]
 
     if args.init_from:
         tf.keras.utils.set_random_seed(args.seed)
         model = tf.keras.models.load_model(args.init_from, compile=False)
     else:
-        model = models.build(args.arch, seed=args.seed)
+        model = models.build(args.arch, seed=args.seed, classes=10 + (1 if args.marks else 0))
     steps = int(np.ceil(len(fit_images) / float(args.batch_size))) * args.epochs
     schedule = tf.keras.optimizers.schedules.CosineDecay(
         0.0, steps, alpha=0.01, warmup_target=args.learning_rate, warmup_steps=max(1, steps // 15)
@@ -194,6 +208,7 @@ def main(args):
         "augmented": not args.no_augment,
         "printed_digit_fonts": [os.path.basename(f) for f in font_files],
         "font_variants": args.font_variants,
+        "reject_marks": args.marks,
         "seed": args.seed,
         "initialised_from": args.init_from,
         "batch_size": args.batch_size,
