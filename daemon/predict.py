@@ -50,6 +50,52 @@ def image_dimensions(data):
     return None
 
 
+def exif_orientation(data):
+    """The EXIF orientation (1-8) of a JPEG, or 1 when it has none or it cannot be read."""
+    if data[:2] != b"\xff\xd8":
+        return 1
+    offset = 2
+    while offset + 4 <= len(data) and data[offset] == 0xFF:
+        marker = data[offset + 1]
+        length = struct.unpack(">H", data[offset + 2 : offset + 4])[0]
+        if marker == 0xDA:  # image data starts: no EXIF before it
+            return 1
+        if marker == 0xE1 and data[offset + 4 : offset + 10] == b"Exif\x00\x00":
+            return _tiff_orientation(data[offset + 10 : offset + 2 + length])
+        offset += 2 + length
+    return 1
+
+
+def _tiff_orientation(tiff):
+    if len(tiff) < 8 or tiff[:2] not in (b"II", b"MM"):
+        return 1
+    order = "<" if tiff[:2] == b"II" else ">"
+    ifd = struct.unpack(order + "I", tiff[4:8])[0]
+    if ifd + 2 > len(tiff):
+        return 1
+    count = struct.unpack(order + "H", tiff[ifd : ifd + 2])[0]
+    for index in range(count):
+        entry = ifd + 2 + 12 * index
+        if entry + 12 > len(tiff):
+            break
+        tag = struct.unpack(order + "H", tiff[entry : entry + 2])[0]
+        if tag == 0x0112:
+            value = struct.unpack(order + "H", tiff[entry + 8 : entry + 10])[0]
+            return value if 1 <= value <= 8 else 1
+    return 1
+
+
+def apply_orientation(image, orientation):
+    """Turn decoded pixels the way EXIF ``orientation`` says they are to be shown."""
+    if orientation in (2, 4, 5, 7):
+        image = cv2.flip(image, 1)  # mirrored ones: flip, then rotate as their unmirrored twin
+        orientation = {2: 1, 4: 3, 5: 8, 7: 6}[orientation]  # 5 = flip + 270 cw; 7 = flip + 90 cw
+    rotation = {3: cv2.ROTATE_180, 6: cv2.ROTATE_90_CLOCKWISE, 8: cv2.ROTATE_90_COUNTERCLOCKWISE}
+    if orientation in rotation:
+        image = cv2.rotate(image, rotation[orientation])
+    return image
+
+
 def decode_image(data, max_pixels=MAX_PIXELS):
     """Bytes -> numpy image (any depth/channels). Raises ImageError with a reason."""
     if not data:
@@ -68,7 +114,8 @@ def decode_image(data, max_pixels=MAX_PIXELS):
         raise ImageError("not a decodable image (corrupt, truncated or unsupported format)")
     if image.shape[0] * image.shape[1] > max_pixels:
         raise ImageError("image of %dx%d pixels exceeds the limit" % (image.shape[1], image.shape[0]))
-    return image
+    # A phone stores a portrait photo sideways and says so in EXIF; show it as the phone did.
+    return apply_orientation(image, exif_orientation(data))
 
 
 class ImageReader(object):
@@ -144,11 +191,13 @@ class ImageReader(object):
             regions = extractor.extract(gray)
         prepared = [preprocess.prepare(r.crop, self.params) for r in regions]
         rows = infer_prepared(self.backend, prepared)
+        if roi_mode == "grid":
+            regions, rows = self._upright_grid(regions, prepared, rows)
         readings = [postprocess.reading_for(r, row, self.min_confidence) for r, row in zip(regions, rows)]
         if roi_mode == "center" and not prepared[0].empty:  # the ink inside the square, in image coordinates
             reading, ink_box = readings[0], prepared[0].ink_box
             reading.box = (reading.box[0] + ink_box[0], reading.box[1] + ink_box[1]) + tuple(ink_box[2:])
-        found = [r for r in readings if r.cell is not None or r.confidence > 0]
+        found = [r for r in readings if r.cell is not None or (r.confidence > 0 and not r.mark)]
         digits = [{"digit": r.digit, "confidence": round(r.confidence, 4), "box": [int(v) for v in r.box]}
                   for r in found if r.cell is None]  # fmt: skip
         result = {"number": postprocess.compose_number(found) if found else None, "digits": digits}
@@ -161,6 +210,48 @@ class ImageReader(object):
             result["number"] = None
             result["outline"] = None if outline is None else [[round(x, 1), round(y, 1)] for x, y in outline]
         return result
+
+    def _upright_grid(self, regions, prepared, rows):
+        """The grid's cells and probabilities turned so its digits stand upright.
+
+        A photo of a sudoku may be taken sideways or upside down (and EXIF flags are often
+        wrong): the digits are read in all four quarter turns and the turn with the most
+        confident digits wins; cells move with it, boxes stay in image pixels."""
+        filled = [index for index, p in enumerate(prepared) if not p.empty]
+        if len(filled) < 3:
+            return regions, rows
+        tensors = np.stack([prepared[i].tensor for i in filled])
+        best_turn, best_score, best_rows = 0, _mean_confidence(rows[i] for i in filled), None
+        for turn in (1, 2, 3):
+            turned = self.backend.infer_all(np.ascontiguousarray(np.rot90(tensors, turn, axes=(1, 2))))
+            score = _mean_confidence(turned)
+            if score > best_score + UPRIGHT_MARGIN:
+                best_turn, best_score, best_rows = turn, score, turned
+        if best_turn == 0:
+            return regions, rows
+        rows = list(rows)
+        for index, probabilities in zip(filled, best_rows):
+            rows[index] = probabilities
+        row_count = max(r.cell[0] for r in regions) + 1
+        col_count = max(r.cell[1] for r in regions) + 1
+        # where each cell lands when the grid is turned counter-clockwise like its digits
+        places = np.rot90(np.arange(row_count * col_count).reshape(row_count, col_count), best_turn)
+        position = {int(places[r, c]): (r, c) for r in range(places.shape[0]) for c in range(places.shape[1])}
+        turned_regions = []
+        for region in regions:
+            row, col = position[region.cell[0] * col_count + region.cell[1]]
+            turned_regions.append(roi.Roi("r%dc%d" % (row, col), region.box, region.crop, row, (row, col)))
+        order = sorted(range(len(regions)), key=lambda i: turned_regions[i].cell)
+        return [turned_regions[i] for i in order], [rows[i] for i in order]
+
+
+# A turned grid must read this much more confidently (mean top probability) to win.
+UPRIGHT_MARGIN = 0.05
+
+
+def _mean_confidence(probability_rows):
+    values = [postprocess.digit_confidence(p) for p in probability_rows if p is not None]
+    return float(np.mean(values)) if values else 0.0
 
 
 def describe(result):

@@ -301,6 +301,9 @@ class SegmentRoi(object):
 GRID_WORK_SIZE = 800  # the grid is searched for in a copy whose longer side is at most this
 GRID_MIN_AREA = 0.04  # smallest grid, as a share of the searched image
 GRID_MIN_SCORE = 0.45
+# Refined corners replace the found ones only when the score rises this much: a small gain
+# is the score's own noise, and the outline of a clean grid is already as good as it gets.
+GRID_REFINE_GAIN = 0.03
 GRID_DIGIT_MIN_HEIGHT = 0.25  # a digit in a grid cell is at least this share of the cell tall  # line coverage less cell fill below which a quadrilateral is no grid
 
 
@@ -309,10 +312,54 @@ def _long_lines(mask):
     import cv2
 
     length = max(9, min(mask.shape) // 25)
-    horizontal = cv2.morphologyEx(mask, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_RECT, (length, 1)))
+    horizontal = cv2.morphologyEx(
+        mask, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_RECT, (length, 1))
+    )
     vertical = cv2.morphologyEx(mask, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_RECT, (1, length)))
     lines = cv2.bitwise_or(horizontal, vertical)
     return cv2.dilate(lines, cv2.getStructuringElement(cv2.MORPH_RECT, (3, 3)))
+
+
+def _hull_of_cell_groups(lines, min_area):
+    """Convex hulls of groups of neighbouring, similar holes in a line mask (the cells or 3x3
+    boxes of a grid). They find a grid whose frame runs on into other lines (a rule under
+    the puzzle, the crossword beside it), where the frame's own outline is no quadrilateral."""
+    import cv2
+    import numpy as np
+
+    contours, hierarchy = cv2.findContours(lines, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+    if hierarchy is None:
+        return []
+    smallest = (0.015 * min(lines.shape)) ** 2
+    holes = [c for c, h in zip(contours, hierarchy[0]) if h[3] >= 0 and cv2.contourArea(c) >= smallest]
+    if len(holes) < 4:
+        return []
+    areas = np.array([cv2.contourArea(c) for c in holes])
+    centres = np.array([c.reshape(-1, 2).mean(axis=0) for c in holes])
+    parent = list(range(len(holes)))
+
+    def root(i):
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i in range(len(holes)):
+        for j in range(i + 1, len(holes)):
+            ratio = areas[i] / areas[j]
+            near = np.linalg.norm(centres[i] - centres[j]) < 1.6 * np.sqrt(max(areas[i], areas[j]))
+            if 0.5 < ratio < 2.0 and near:
+                parent[root(i)] = root(j)
+    groups = {}
+    for i in range(len(holes)):
+        groups.setdefault(root(i), []).append(holes[i])
+    hulls = []
+    for members in groups.values():
+        if len(members) >= 4:
+            hull = cv2.convexHull(np.concatenate(members))
+            if cv2.contourArea(hull) >= min_area:
+                hulls.append(hull)
+    return hulls
 
 
 def _order_corners(points):
@@ -376,13 +423,16 @@ class GridRoi(object):
         mask = _ink_mask(work, block_fraction=0.04, offset=6)
         min_area = GRID_MIN_AREA * work.shape[0] * work.shape[1]
         candidates = []
-        for source in (mask, _long_lines(mask)):
+        lines = _long_lines(mask)
+        for source in (mask, lines):
             contours, _ = cv2.findContours(source, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
             for contour in contours:
                 hull = cv2.convexHull(contour)
                 if cv2.contourArea(hull) < min_area:
                     continue
                 candidates.extend(_quads_of_hull(hull))
+        for hull in _hull_of_cell_groups(lines, min_area):
+            candidates.extend(_quads_of_hull(hull))
         best, best_score = None, GRID_MIN_SCORE
         for quad in candidates:
             quad_score = self._grid_score(mask, quad)
@@ -390,7 +440,32 @@ class GridRoi(object):
                 best, best_score = quad, quad_score
         if best is None:
             return None
+        refined, refined_score = self._refine(mask, best, best_score)
+        if refined_score > best_score + GRID_REFINE_GAIN:
+            best = refined
         return (best / scale).astype(np.float32)
+
+    def _refine(self, mask, quad, quad_score):
+        """Move the corners one at a time while the grid score improves (coarse to fine):
+        a quadrilateral from a hull that misses a corner, or cut short by a curved page,
+        settles on the frame."""
+        import numpy as np
+
+        side = float(np.mean([np.linalg.norm(quad[i] - quad[(i + 1) % 4]) for i in range(4)]))
+        moves = ((1, 0), (-1, 0), (0, 1), (0, -1))
+        for step in (0.02 * side, 0.01 * side, 0.005 * side):
+            for _ in range(6):
+                improved = False
+                for corner in range(4):
+                    for dx, dy in moves:
+                        trial = quad.copy()
+                        trial[corner] += (dx * step, dy * step)
+                        trial_score = self._grid_score(mask, trial)
+                        if trial_score > quad_score + 1e-4:
+                            quad, quad_score, improved = trial, trial_score, True
+                if not improved:
+                    break
+        return quad, quad_score
 
     def _grid_score(self, mask, quad, cell=16):
         """How much a quadrilateral looks like this grid: mean coverage of its expected lines
@@ -466,8 +541,12 @@ class GridRoi(object):
 
         mask = _ink_mask(flat, block_fraction=0.05, offset=8)
         length = int(self.cell_px * 1.5)
-        horizontal = cv2.morphologyEx(mask, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_RECT, (length, 1)))
-        vertical = cv2.morphologyEx(mask, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_RECT, (1, length)))
+        horizontal = cv2.morphologyEx(
+            mask, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_RECT, (length, 1))
+        )
+        vertical = cv2.morphologyEx(
+            mask, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_RECT, (1, length))
+        )
         lines = cv2.dilate(cv2.bitwise_or(horizontal, vertical), np.ones((3, 3), np.uint8))
         strokes = cv2.bitwise_and(mask, cv2.bitwise_not(lines))
         _, labels, stats, _ = cv2.connectedComponentsWithStats(strokes, connectivity=8)
@@ -515,6 +594,9 @@ class GridRoi(object):
         ys, xs = np.nonzero(keep)
         margin = max(2, cell // 16)
         outside = np.ones_like(keep)
-        outside[max(0, ys.min() - margin) : ys.max() + margin + 1, max(0, xs.min() - margin) : xs.max() + margin + 1] = 0
+        outside[
+            max(0, ys.min() - margin) : ys.max() + margin + 1,
+            max(0, xs.min() - margin) : xs.max() + margin + 1,
+        ] = 0
         crop[outside > 0] = paper
         return crop

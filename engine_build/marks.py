@@ -19,7 +19,9 @@ KINDS = ("dash", "corner", "cross", "frame", "blob", "texture", "oblique", "dots
 
 
 def _line(canvas, start, end, thickness):
-    cv2.line(canvas, tuple(int(v) for v in start), tuple(int(v) for v in end), 255, int(thickness), cv2.LINE_AA)
+    cv2.line(
+        canvas, tuple(int(v) for v in start), tuple(int(v) for v in end), 255, int(thickness), cv2.LINE_AA
+    )
 
 
 def draw_mark(kind, side, rng):
