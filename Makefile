@@ -14,17 +14,19 @@ INSTALL_REQUIREMENTS ?= $(if $(filter aarch64,$(shell uname -m)),requirements/je
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 DEVICE_CODE := daemon engine_build/build_engine.py
 
-.PHONY: help setup mosquitto browser fonts train-fonts soak data train baselines export eval test lint demo build-engine install uninstall bench clean
+.PHONY: help setup mosquitto browser fonts train-fonts soak data train baselines export eval eval-real test check lint demo build-engine install uninstall bench clean
 
 help:
 	@echo "make demo          run the daemon on the bundled sample video (CPU) and print what MQTT receives"
 	@echo "make test          lint, Python 3.6 check and the test suite (installs what it needs)"
+	@echo "make check         quick loop: lint and the tests not marked slow"
 	@echo "make setup         create $(VENV) with the pinned dependencies"
 	@echo "make data          download MNIST into data/mnist (needs internet)"
 	@echo "make train         train the default model -> models/digits.keras"
 	@echo "make baselines     train the seed baselines (seed001, mlp) -> models/baselines/"
 	@echo "make export        Keras -> ONNX (opset 13) + FP16 ONNX + sidecars"
 	@echo "make eval          accuracy, per-class table and confusion matrices"
+	@echo "make eval-real     read the 160 real sudoku photos in ../shared: figures + failure images"
 	@echo "make build-engine  ONNX -> TensorRT engine (on the Jetson)"
 	@echo "make install       install under PREFIX=$(PREFIX) with the systemd unit (DESTDIR supported)"
 	@echo "make bench         benchmarks -> bench/results/"
@@ -81,6 +83,9 @@ export: $(STAMP)
 eval: $(STAMP)
 	$(PY) -m engine_build.evaluate
 
+eval-real: $(STAMP)
+	$(PY) -m engine_build.eval_real
+
 samples/demo.mp4:
 	$(MAKE) $(STAMP)
 	$(PY) -m engine_build.make_video --output $@
@@ -98,6 +103,9 @@ test: $(STAMP) mosquitto browser fonts lint
 	@# the MQTT tests once more with paho-mqtt 1.6 (the last release for the Nano's Python 3.6)
 	@test -f $(PAHO16)/paho/mqtt/client.py || $(PY) -m pip install --quiet --target $(PAHO16) paho-mqtt==1.6.1
 	PYTHONPATH=$(PAHO16) DIGITD_EXPECT_PAHO=1.6 $(PY) -m pytest -q -m "mqtt and not slow"
+
+check: $(STAMP) fonts lint
+	$(PY) -m pytest -q -x -m "not slow"
 
 # Code under PREFIX, config under SYSCONFDIR/digitd (never overwritten), the unit, the user.
 # With DESTDIR (packaging, tests) nothing outside DESTDIR is touched: no user, venv or systemctl.

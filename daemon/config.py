@@ -112,6 +112,8 @@ _PREPROCESS = Schema(
                                   maximum=1.0, live=True),
         "min_component_fraction": Field(float, 0.08, "specks smaller than this share of the largest "
                                         "stroke are dropped", minimum=0.0, maximum=1.0, live=True),
+        "flatten": Field(bool, True, "take the paper's uneven light (shadows, vignetting) away before "
+                         "thresholding", live=True),
     }
 )  # fmt: skip
 

@@ -57,6 +57,7 @@ class PreprocessParams(object):
         min_ink_fraction=0.004,
         max_ink_fraction=0.6,
         min_component_fraction=0.08,
+        flatten=True,
     ):
         self.blur_kernel = blur_kernel
         self.threshold = threshold
@@ -71,6 +72,7 @@ class PreprocessParams(object):
         self.min_ink_fraction = min_ink_fraction
         self.max_ink_fraction = max_ink_fraction
         self.min_component_fraction = min_component_fraction
+        self.flatten = flatten
 
     @classmethod
     def from_config(cls, section):
@@ -117,12 +119,22 @@ def to_gray(image):
 
 
 def _ink_bright(gray, params):
-    """Return the image with ink bright on a dark background (polarity decided here)."""
+    """Return the image with ink bright on a dark background (polarity decided here).
+
+    With ``flatten`` the paper's own light is taken away first (a closing or opening wider
+    than any stroke is the paper without the ink): shadows, vignetting and light falling
+    off to one side then leave the paper at 0 everywhere, and one threshold fits all of it."""
     if params.polarity == "dark_on_light":
-        return 255 - gray
-    if params.polarity == "light_on_dark":
-        return gray
-    return auto_ink_bright(gray)
+        bright = False
+    elif params.polarity == "light_on_dark":
+        bright = True
+    else:
+        bright = ink_is_bright(gray)
+    if not params.flatten:
+        return gray if bright else cv2.bitwise_not(gray)
+    side = _background_kernel(gray)
+    kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (side, side))
+    return cv2.morphologyEx(gray, cv2.MORPH_TOPHAT if bright else cv2.MORPH_BLACKHAT, kernel)
 
 
 def auto_ink_bright(gray, region=False):
@@ -142,19 +154,25 @@ def _shrunk(gray, longest):
 def ink_is_bright(gray):
     """Whether the ink of a crop (one digit or a few) is brighter than its paper.
 
-    Strokes have a width, paper does not: after splitting the crop into two classes
-    (Otsu), the ink is the class whose pixels lie closer to the other class. A shadow
-    or a dark margin at the crop's edge is wide, so it does not flip the answer as
-    "the border is paper" did."""
-    small = cv2.GaussianBlur(_shrunk(gray, WORK_SIZE), (3, 3), 0)
-    _, bright = cv2.threshold(small, 0, 255, cv2.THRESH_BINARY | cv2.THRESH_OTSU)
-    bright_count = cv2.countNonZero(bright)
-    if bright_count == 0 or bright_count == bright.size:
-        return False
-    dark = cv2.bitwise_not(bright)
-    bright_depth = cv2.mean(cv2.distanceTransform(bright, cv2.DIST_L2, 3), bright)[0]
-    dark_depth = cv2.mean(cv2.distanceTransform(dark, cv2.DIST_L2, 3), dark)[0]
-    return bright_depth < dark_depth
+    The paper is the majority of any neighbourhood, so a median over a third of the crop
+    is the paper's local level, shadow or not; the ink is on the side of it that holds
+    more contrast. A shadow, a dark margin or vignetting moves the median with it, so they
+    do not flip the answer as "the border is paper" did."""
+    small = _shrunk(gray, WORK_SIZE)
+    kernel = _background_kernel(small)
+    paper = cv2.medianBlur(small, kernel)
+    # near the border the median window runs off the crop and repeats its edge (a dark margin
+    # there would become "paper"): judge where the window fits
+    inset = min(kernel // 2, (min(small.shape) - 1) // 3)
+    inner = (slice(inset, small.shape[0] - inset), slice(inset, small.shape[1] - inset))
+    darker = cv2.sumElems(cv2.subtract(paper[inner], small[inner]))[0]
+    brighter = cv2.sumElems(cv2.subtract(small[inner], paper[inner]))[0]
+    return brighter > darker
+
+
+def _background_kernel(gray):
+    """Odd kernel side for the paper's local level: a third of the crop, wider than a stroke."""
+    return max(3, (min(gray.shape) // 3) | 1)
 
 
 def region_ink_is_bright(gray):

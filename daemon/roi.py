@@ -108,6 +108,25 @@ def _ink_mask(gray, block_fraction=0.08, offset=12):
     return cv2.adaptiveThreshold(blurred, 255, cv2.ADAPTIVE_THRESH_MEAN_C, cv2.THRESH_BINARY, block, -offset)
 
 
+def _stroke_mask(gray, stroke_fraction=0.1, offset=12):
+    """Binary mask of pen strokes under uneven light: the paper's own light is taken away
+    first (a closing wider than a stroke is the paper without ink), so a shadow's edge, a
+    dark margin or vignetting leave nothing behind, then strokes are what stands out of the
+    paper by more than ``offset`` grey levels or Otsu's level, whichever is higher."""
+    import cv2
+
+    from daemon.preprocess import region_ink_is_bright
+
+    side = max(5, int(min(gray.shape) * stroke_fraction) | 1)
+    kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (side, side))
+    blurred = cv2.GaussianBlur(gray, (3, 3), 0)
+    operation = cv2.MORPH_TOPHAT if region_ink_is_bright(gray) else cv2.MORPH_BLACKHAT
+    strokes = cv2.morphologyEx(blurred, operation, kernel)
+    level, _ = cv2.threshold(strokes, 0, 255, cv2.THRESH_BINARY | cv2.THRESH_OTSU)
+    _, mask = cv2.threshold(strokes, max(offset, 0.5 * level), 255, cv2.THRESH_BINARY)
+    return mask
+
+
 def _isolated_crop(gray, labels, parts, box, margin, columns=None):
     """Crop ``box`` (plus margin) with the ink of other components painted as paper.
 
@@ -140,6 +159,15 @@ def _union(a, b):
     return [x0, y0, x1 - x0, y1 - y0, a[4] + b[4]]
 
 
+# With a classifier, blobs wider than this x the digit height are also tried as two digits
+# (a 1 touching an 8 is no wider than one 0); the reading the classifier is surer of wins.
+SPLIT_CHECK_ASPECT = 0.75
+UNSURE_WHOLE = 0.6
+SURE_PARTS = 0.8
+# Marks this many times taller than the line's digits are shadows, blobs or page edges.
+MAX_DIGIT_HEIGHT_RATIO = 2.0
+
+
 class SegmentRoi(object):
     """Find handwritten digits by connected components and read them as numbers.
 
@@ -168,7 +196,7 @@ class SegmentRoi(object):
             return []
         scale = min(1.0, float(self.work_size) / max(gray.shape))
         work = cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else gray
-        mask = _ink_mask(work)
+        mask = _stroke_mask(work)
         mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((2, 2), np.uint8))
         count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
         min_height = max(6, self.min_height_fraction * work.shape[0])
@@ -181,6 +209,8 @@ class SegmentRoi(object):
                 continue
             if w > 0.9 * work.shape[1] or h > 0.9 * work.shape[0]:
                 continue  # page edges, ruled lines, frames
+            if x == 0 or y == 0 or x + w >= work.shape[1] or y + h >= work.shape[0]:
+                continue  # cut by the frame's edge: a table edge, a margin, half a digit
             boxes.append([x, y, w, h, [index]])
         boxes = self._attach_small_strokes(
             self._merge_strokes([b for b in boxes if b[3] >= min_height * 0.35])
@@ -218,7 +248,15 @@ class SegmentRoi(object):
                     overlap = min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0])
                     narrow = min(a[2], b[2])
                     vertical_gap = max(a[1], b[1]) - min(a[1] + a[3], b[1] + b[3])
-                    if overlap > 0.5 * narrow and vertical_gap < 0.5 * max(a[3], b[3]):
+                    # pieces of one digit stay about one digit tall together; two digits of a
+                    # column (lines close together) would make one twice as tall
+                    union_height = max(a[1] + a[3], b[1] + b[3]) - min(a[1], b[1])
+                    tallest = max(a[3], b[3])
+                    if (
+                        overlap > 0.5 * narrow
+                        and vertical_gap < 0.5 * tallest
+                        and union_height <= 1.4 * tallest
+                    ):
                         boxes[i] = _union(a, b)
                         del boxes[j]
                         merged = True
@@ -233,9 +271,12 @@ class SegmentRoi(object):
         the rest (specks, dots) are dropped."""
         if not boxes:
             return boxes
+        # The digits' height is the (lower) median over everything that is not a speck: one
+        # shadow or blob twice as tall as the digits must not set it, as the tallest did.
         tallest = max(b[3] for b in boxes)
-        typical = sorted(b[3] for b in boxes if b[3] >= 0.5 * tallest)
-        typical = typical[len(typical) // 2]
+        heights = sorted(b[3] for b in boxes if b[3] >= 0.25 * tallest)
+        typical = heights[(len(heights) - 1) // 2]
+        boxes = [b for b in boxes if b[3] <= MAX_DIGIT_HEIGHT_RATIO * typical]
         big = [b for b in boxes if b[3] >= 0.45 * typical]
         for small in (b for b in boxes if b[3] < 0.45 * typical):
             best, best_score = None, -0.15 * typical
@@ -275,7 +316,10 @@ class SegmentRoi(object):
         for box in line:
             x, y, w, h, parts = box
             reference = max(h, typical)
-            if w <= self.max_aspect * reference:
+            ambiguous = (
+                self.classifier is not None and work is not None and w > SPLIT_CHECK_ASPECT * reference
+            )
+            if w <= self.max_aspect * reference and not ambiguous:
                 out.append(box)
                 continue
             pieces = max(2, int(round(w / (0.8 * reference))))
@@ -283,7 +327,8 @@ class SegmentRoi(object):
             cuts = [0]
             for k in range(1, pieces):
                 expected = k * w / float(pieces)
-                window = int(max(2, 0.25 * w / pieces))
+                # two touching digits may be a narrow 1 and a wide 8: look far from the middle
+                window = int(max(2, (0.3 * w) if pieces == 2 else (0.25 * w / pieces)))
                 low, high = int(max(cuts[-1] + 2, expected - window)), int(min(w - 2, expected + window))
                 cut = low + int(np.argmin(ink[low:high])) if high > low else int(expected)
                 cuts.append(cut)
@@ -291,8 +336,14 @@ class SegmentRoi(object):
             split = [[x + a, y, b - a, h, parts, "split"] for a, b in zip(cuts[:-1], cuts[1:])]
             if self.classifier is not None and work is not None and w < 2.2 * reference:
                 confidences = self.classifier([self._crop(work, labels, c) for c in [box] + split])
-                if confidences[0] >= min(confidences[1:]):
-                    out.append(box)  # one wide digit reads better than its parts
+                if w <= self.max_aspect * reference:
+                    # no wider than one digit may be: split only a blob the classifier cannot
+                    # read into parts it reads well (a 1 touching an 8)
+                    keep = confidences[0] >= UNSURE_WHOLE or min(confidences[1:]) < SURE_PARTS
+                else:
+                    keep = confidences[0] >= min(confidences[1:])  # one wide digit reads better
+                if keep:
+                    out.append(box)
                     continue
             out.extend(split)
         return out
@@ -304,7 +355,7 @@ GRID_MIN_SCORE = 0.45
 # Refined corners replace the found ones only when the score rises this much: a small gain
 # is the score's own noise, and the outline of a clean grid is already as good as it gets.
 GRID_REFINE_GAIN = 0.03
-GRID_DIGIT_MIN_HEIGHT = 0.25  # a digit in a grid cell is at least this share of the cell tall  # line coverage less cell fill below which a quadrilateral is no grid
+GRID_DIGIT_MIN_HEIGHT = 0.25  # a digit in a grid cell is at least this share of the cell tall (or wide)  # line coverage less cell fill below which a quadrilateral is no grid
 
 
 def _long_lines(mask):
@@ -432,7 +483,9 @@ class GridRoi(object):
                     continue
                 candidates.extend(_quads_of_hull(hull))
         for hull in _hull_of_cell_groups(lines, min_area):
-            candidates.extend(_quads_of_hull(hull))
+            for quad in _quads_of_hull(hull):
+                candidates.append(quad)
+                candidates.extend(self._one_more_row_or_col(quad))
         best, best_score = None, GRID_MIN_SCORE
         for quad in candidates:
             quad_score = self._grid_score(mask, quad)
@@ -466,6 +519,19 @@ class GridRoi(object):
                 if not improved:
                     break
         return quad, quad_score
+
+    def _one_more_row_or_col(self, quad):
+        """The quadrilateral grown by one cell at each side in turn: cells that lost a wall
+        (a frame line swallowed by a dark margin or a shadow) are missing from their group."""
+        grown = []
+        # (corners that move, the corners they move away from, cells the quadrilateral spans)
+        for moving, fixed, spans in (((0, 1), (3, 2), self.rows - 1), ((3, 2), (0, 1), self.rows - 1),
+                                     ((0, 3), (1, 2), self.cols - 1), ((1, 2), (0, 3), self.cols - 1)):  # fmt: skip
+            trial = quad.copy()
+            for corner, anchor in zip(moving, fixed):
+                trial[corner] = quad[corner] + (quad[corner] - quad[anchor]) / float(spans)
+            grown.append(trial)
+        return grown
 
     def _grid_score(self, mask, quad, cell=16):
         """How much a quadrilateral looks like this grid: mean coverage of its expected lines
@@ -567,7 +633,8 @@ class GridRoi(object):
         core = []
         for index in present:
             x, y, w, h, _ = stats[index]
-            if (h >= GRID_DIGIT_MIN_HEIGHT * cell and h <= 0.95 * cell and w <= 0.9 * cell
+            # the longer side, not the height: in a photo taken sideways a 1 lies flat
+            if (max(w, h) >= GRID_DIGIT_MIN_HEIGHT * cell and h <= 0.95 * cell and w <= 0.95 * cell
                     and abs(x + w / 2.0 - centre_x) <= 0.25 * cell and abs(y + h / 2.0 - centre_y) <= 0.25 * cell):  # fmt: skip
                 core.append(index)
         crop = flat[y0 : y0 + cell, x0 : x0 + cell].copy()

@@ -37,12 +37,45 @@ def mnist_glyph(image28, height):
     return cv2.resize(digit, (max(1, int(w * scale)), height), interpolation=cv2.INTER_CUBIC)
 
 
-def finish(sheet, rng, max_rotation=3.0):
+def photographed(sheet, rng, margins=True):
+    """What a phone adds to a sheet of paper: vignetting, light falling off to one side, a soft
+    shadow (a hand, the phone) and, with ``margins``, the dark table beside the page."""
+    height, width = sheet.shape
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    radius = ((xx / width - 0.5) ** 2 + (yy / height - 0.5) ** 2) / 0.5
+    sheet = sheet * (1.0 - rng.uniform(0.0, 0.35) * radius)
+    if rng.random() < 0.4:
+        cx, cy = rng.uniform(0, width), rng.uniform(0, height)
+        axes = (rng.uniform(0.15, 0.5) * width, rng.uniform(0.3, 0.9) * height)
+        inside = ((xx - cx) / axes[0]) ** 2 + ((yy - cy) / axes[1]) ** 2 < 1.0
+        shade = cv2.GaussianBlur(inside.astype(np.float32), (0, 0), rng.uniform(3, 12))
+        sheet = sheet * (1.0 - rng.uniform(0.2, 0.45) * shade)
+    if margins and rng.random() < 0.5:
+        table = np.zeros((height, width), np.float32)
+        for side in rng.choice(4, int(rng.integers(1, 3)), replace=False):
+            band = int(rng.uniform(0.03, 0.08) * (width if side < 2 else height))
+            if side == 0:
+                table[:, :band] = 1
+            elif side == 1:
+                table[:, width - band :] = 1
+            elif side == 2:
+                table[:band, :] = 1
+            else:
+                table[height - band :, :] = 1
+        table = cv2.GaussianBlur(table, (0, 0), 1.5)
+        sheet = sheet * (1 - table) + rng.uniform(20, 80) * table
+    return sheet
+
+
+def finish(sheet, rng, max_rotation=3.0, margins=True):
     height, width = sheet.shape
     matrix = cv2.getRotationMatrix2D((width / 2, height / 2), rng.uniform(-max_rotation, max_rotation), 1.0)
     sheet = cv2.warpAffine(sheet, matrix, (width, height), borderMode=cv2.BORDER_REPLICATE)
+    sheet = photographed(sheet, rng, margins)
     sheet = sheet + rng.normal(0, rng.uniform(2, 6), sheet.shape)
     sheet = cv2.GaussianBlur(np.clip(sheet, 0, 255).astype(np.uint8), (3, 3), rng.uniform(0.3, 1.0))
+    ok, encoded = cv2.imencode(".jpg", sheet, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(60, 95))])
+    sheet = cv2.imdecode(encoded, cv2.IMREAD_GRAYSCALE) if ok else sheet
     return cv2.cvtColor(sheet, cv2.COLOR_GRAY2BGR)
 
 
@@ -113,4 +146,4 @@ def printed_crop(rng, font_path, digit):
     glyph = printed_glyph(font_path, digit, int(side * rng.uniform(0.45, 0.7)), rng)
     ink(sheet, glyph, (side - glyph.shape[1]) // 2 + int(rng.integers(-8, 9)),
         (side - glyph.shape[0]) // 2 + int(rng.integers(-8, 9)), rng.uniform(0.8, 0.95))  # fmt: skip
-    return finish(sheet, rng, max_rotation=4.0)
+    return finish(sheet, rng, max_rotation=4.0, margins=False)

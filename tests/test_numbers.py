@@ -179,3 +179,50 @@ def test_daemon_publishes_a_multi_digit_number_from_video(
     states = [s["number"] for s in subscriber.payloads("state")]
     assert "4071" in states and "31337" in states
     assert len(predictions[0]["rois"]) == 4 and predictions[0]["rois"][0]["id"] == "d0_0"
+
+
+def sheet_with_rows(rng, mnist_test, rows, height=70, line_gap=25, width=520):
+    """Handwritten rows of digits (MNIST test digits) stacked ``line_gap`` px apart."""
+    images, labels = mnist_test
+    sheet = synthetic.paper(rng, width, 80 + len(rows) * (height + line_gap))
+    truths = []
+    for index, count in enumerate(rows):
+        picks = rng.integers(0, len(images), count)
+        x, y = 40, 40 + index * (height + line_gap)
+        for pick in picks:
+            glyph = synthetic.mnist_glyph(images[pick], height)
+            synthetic.ink(sheet, glyph, x, y, 0.9)
+            x += glyph.shape[1] + 22
+        truths.append("".join(str(labels[p]) for p in picks))
+    return sheet, "\n".join(truths)
+
+
+def test_digits_stacked_in_columns_stay_in_their_lines(reader, mnist_test):
+    """Two lines a third of a digit apart: digits above each other are not merged into one."""
+    rng = np.random.default_rng(11)
+    right = 0
+    for _ in range(10):
+        sheet, truth = sheet_with_rows(rng, mnist_test, [4, 4], line_gap=22)
+        right += (
+            reader.read_image(synthetic.finish(sheet, rng, max_rotation=1.0), "segment")["number"] == truth
+        )
+    assert right >= 9
+
+
+def test_shadows_rules_and_dashes_are_not_read_as_digits(reader, mnist_test):
+    """A hand's shadow twice a digit's height, a ruled line under the number and a dash
+    after it: the number alone is read."""
+    rng = np.random.default_rng(12)
+    right = 0
+    for _ in range(10):
+        sheet, truth = sheet_with_rows(rng, mnist_test, [5], height=60)
+        height, width = sheet.shape
+        cv2.line(sheet, (10, 112), (width - 10, 112), 60, 2)  # the rule the digits sit on
+        cv2.line(sheet, (width - 90, 70), (width - 55, 72), 50, 5)  # a dash after the number
+        yy, xx = np.mgrid[0:height, 0:width]
+        shadow = ((xx - width * 0.85) / 70.0) ** 2 + ((yy - height * 0.6) / 120.0) ** 2 < 1
+        sheet *= 1 - 0.45 * cv2.GaussianBlur(shadow.astype(np.float32), (0, 0), 8)
+        right += (
+            reader.read_image(synthetic.finish(sheet, rng, max_rotation=1.0), "segment")["number"] == truth
+        )
+    assert right >= 9

@@ -73,3 +73,56 @@ def test_unreadable_inputs_give_clear_errors_and_exit_1(tmp_path, mnist_test):
     assert "No such file" in outputs[2]["error"]
     assert outputs[3]["digits"][0]["digit"] == mnist_test[1][0]
     assert "Traceback" not in result.stderr
+
+
+def with_exif_orientation(jpeg, orientation):
+    """A JPEG with an EXIF APP1 segment whose IFD0 holds one tag: Orientation."""
+    import struct
+
+    tiff = b"MM\x00\x2a" + struct.pack(">I", 8) + struct.pack(">H", 1)
+    tiff += struct.pack(">HHIHH", 0x0112, 3, 1, orientation, 0) + struct.pack(">I", 0)
+    payload = b"Exif\x00\x00" + tiff
+    return jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload + jpeg[2:]
+
+
+def test_exif_orientation_is_applied_like_a_photo_viewer(tmp_path):
+    """A phone stores a portrait photo sideways and flags it; OpenCV's IMREAD_COLOR applies
+    the flag and is the reference here, for all eight orientations."""
+    from daemon.predict import decode_image
+
+    pattern = np.zeros((60, 100, 3), np.uint8)
+    pattern[5:20, 5:40] = (255, 255, 255)  # a block in the top-left corner: rotations differ
+    pattern[40:55, 80:95] = (0, 0, 255)
+    ok, encoded = cv2.imencode(".jpg", pattern, [cv2.IMWRITE_JPEG_QUALITY, 100])
+    for orientation in range(1, 9):
+        data = with_exif_orientation(encoded.tobytes(), orientation)
+        path = tmp_path / ("o%d.jpg" % orientation)
+        path.write_bytes(data)
+        reference = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        decoded = decode_image(data)
+        assert decoded.shape == reference.shape, orientation
+        assert np.abs(decoded.astype(int) - reference).max() <= 2, orientation
+    assert decode_image(with_exif_orientation(encoded.tobytes(), 6)).shape[:2] == (100, 60)
+
+
+def test_marks_that_are_not_digits_read_as_no_digit(tmp_path):
+    """A dash, the corner of a box and a ruled line are no digits: nothing is reported."""
+    marks = {
+        "dash": lambda im: cv2.line(im, (60, 100), (140, 104), 40, 9),
+        "corner": lambda im: (
+            cv2.line(im, (50, 60), (150, 60), 40, 6),
+            cv2.line(im, (50, 60), (50, 160), 40, 6),
+        ),
+        "rule": lambda im: cv2.line(im, (10, 120), (190, 120), 40, 4),
+    }
+    files = []
+    for name, draw in marks.items():
+        image = np.full((200, 200), 215, np.uint8)
+        draw(image)
+        files.append(tmp_path / (name + ".png"))
+        cv2.imwrite(str(files[-1]), image)
+    result = run_cli("predict", "--json", *files)
+    assert result.returncode == 0, result.stderr
+    outputs = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [o["digits"] for o in outputs] == [[], [], []]
+    assert [o["number"] for o in outputs] == [None, None, None]

@@ -93,3 +93,66 @@ def test_to_gray_accepts_16_bit_bgra_and_float():
     assert preprocess.to_gray(np.ones((5, 5), np.float32)).max() == 255
     with pytest.raises(ValueError):
         preprocess.to_gray(np.zeros((4, 4, 2), np.uint8))
+
+
+def shadowed(crop, rng):
+    """``crop`` with what phones add: a dark table margin on one side and a soft shadow."""
+    crop = crop.astype(np.float32)
+    height, width = crop.shape
+    yy, xx = np.mgrid[0:height, 0:width]
+    shade = cv2.GaussianBlur(((xx - width * rng.uniform(0.6, 1.0)) ** 2 + (yy - height * 0.2) ** 2
+                              < (0.4 * width) ** 2).astype(np.float32), (0, 0), 6)  # fmt: skip
+    crop *= 1 - 0.4 * shade
+    band = int(width * rng.uniform(0.06, 0.12))
+    crop[:, :band] = rng.uniform(20, 60)
+    return np.clip(crop, 0, 255).astype(np.uint8)
+
+
+def test_polarity_ignores_dark_margins_and_shadows(mnist_test):
+    """The border-is-paper rule called the paper ink whenever a table edge or a shadow lay
+    along the crop's border; ink is what is thin, whatever the border holds."""
+    rng = np.random.default_rng(7)
+    wrong = 0
+    for digit in mnist_test[0][:40]:
+        crop = shadowed(paper_crop(digit, size=160, digit_size=90), rng)
+        wrong += preprocess.ink_is_bright(crop) + (not preprocess.ink_is_bright(255 - crop))
+    assert wrong <= 1
+
+
+def test_a_shadow_across_the_digit_is_flattened_away(mnist_test):
+    digit = mnist_test[0][5]
+    clean = preprocess.prepare(paper_crop(digit, size=160, digit_size=100))
+    crop = paper_crop(digit, size=160, digit_size=100).astype(np.float32)
+    crop[:, :70] *= 0.5  # the left part of the sheet lies in a hand's shadow
+    shaded = preprocess.prepare(np.clip(crop, 0, 255).astype(np.uint8))
+    assert not shaded.empty
+    assert np.corrcoef(shaded.tensor.ravel(), clean.tensor.ravel())[0, 1] > 0.9
+
+
+def test_faint_print_is_read_and_plain_noise_is_not(mnist_test):
+    """Contrast is judged against the crop's own noise: 30 grey levels of ink on a clean
+    photo is a digit; the same paper with noise and no ink stays empty."""
+    faint = paper_crop(mnist_test[0][6], ink=185, paper=215)
+    assert not preprocess.prepare(faint).empty
+    rng = np.random.default_rng(1)
+    noisy_blank = np.clip(rng.normal(200, 6, (160, 160)), 0, 255).astype(np.uint8)
+    assert preprocess.prepare(noisy_blank).empty
+
+
+def test_blur_is_scaled_to_the_crop_so_small_loops_stay_open():
+    assert preprocess.blur_size(5, 200) == 5
+    assert preprocess.blur_size(5, 128) == 3
+    assert preprocess.blur_size(5, 40) == 1  # a sudoku cell: no blur that would fill an 8's loops
+    assert preprocess.blur_size(0, 200) == 0
+
+
+def test_region_polarity_of_real_photos_with_dark_borders():
+    """Phone photos of newspaper sudokus, many with a dark table or page edge in frame."""
+    from engine_build.eval_real import DEFAULT_DATA
+
+    photos = sorted((DEFAULT_DATA / "train").glob("*.jpg"))[::8]
+    assert len(photos) >= 20, "the sudoku photos are expected in ../shared/data/sudoku-photos"
+    for path in photos:
+        gray = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+        assert not preprocess.region_ink_is_bright(gray), path.name
+        assert preprocess.region_ink_is_bright(255 - gray), path.name

@@ -1,0 +1,66 @@
+"""Real phone photos of newspaper sudokus: the figures that matter (``make eval-real`` prints them).
+
+The 160 photos are the development split of B. Wicht and J. Hennebert's Sudoku Dataset v2
+(CC-BY-4.0), in ../shared/data/sudoku-photos. The floors below are what this code reads
+today, less a little; raise them as the reading improves.
+"""
+
+import cv2
+import numpy as np
+import pytest
+
+from daemon.predict import ImageReader
+from engine_build import eval_real
+from tests.conftest import ROOT
+
+LOCATED_FLOOR = 0.97  # grid found where outlines.csv says it is
+EXACT_FLOOR = 0.85  # every one of the 81 cells right
+CELLS_FLOOR = 0.995
+
+
+@pytest.fixture(scope="module")
+def reader():
+    loaded = ImageReader.from_config(None, [str(ROOT)])
+    yield loaded
+    loaded.close()
+
+
+@pytest.fixture(scope="module")
+def photos():
+    if not (eval_real.DEFAULT_DATA / "train").is_dir():
+        pytest.fail("the real photos are expected in %s (../shared beside the repo)" % eval_real.DEFAULT_DATA)
+    return eval_real.load_photos(eval_real.DEFAULT_DATA)
+
+
+def test_real_sudoku_photos_are_read(reader, photos, capsys):
+    _, scores = eval_real.evaluate(photos, reader)
+    summary = eval_real.summarise(scores)
+    with capsys.disabled():
+        print("\nreal sudoku photos:\n" + eval_real.report(summary))
+    assert summary["photos"] == 160
+    assert summary["grids_located"] >= LOCATED_FLOOR * summary["grids_with_outline"]
+    assert summary["grids_exact"] >= EXACT_FLOOR * summary["photos"]
+    assert summary["cells_right"] >= CELLS_FLOOR * summary["cells"]
+
+
+@pytest.mark.parametrize("turn", [cv2.ROTATE_90_CLOCKWISE, cv2.ROTATE_180, cv2.ROTATE_90_COUNTERCLOCKWISE])
+def test_a_turned_photo_reads_the_same_grid(reader, photos, turn):
+    """Phones store photos sideways and EXIF flags lie: the grid comes out with its digits upright."""
+    photo = next(p for p in photos if p.path.name == "image1.jpg")
+    image = cv2.imread(str(photo.path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    upright = eval_real.grid_array(reader.read_image(image, "grid"))
+    turned = eval_real.grid_array(reader.read_image(cv2.rotate(image, turn), "grid"))
+    assert (turned == upright).all()
+    assert (upright == photo.digits).sum() >= 79
+
+
+def test_failure_images_mark_the_wrong_cells(reader, photos, tmp_path):
+    chosen = photos[:3]
+    results, scores = eval_real.evaluate(chosen, reader)
+    scores[0]["exact"] = False  # force one picture even if all three read right
+    scores[0]["read"] = (np.array(scores[0]["read"]) * 0).tolist()
+    written = eval_real.write_failures(tmp_path, chosen, results, scores, count=5)
+    assert written and all(path.suffix == ".png" for path in written)
+    image = cv2.imread(str(written[0]))
+    assert image is not None and image.shape[1] == 640
+    assert (image[:, :, 2] > 200).sum() > 500  # red boxes around the cells read wrong
