@@ -114,6 +114,8 @@ _PREPROCESS = Schema(
                                         "stroke are dropped", minimum=0.0, maximum=1.0, live=True),
         "flatten": Field(bool, True, "take the paper's uneven light (shadows, vignetting) away before "
                          "thresholding", live=True),
+        "sharpen": Field(float, 0.75, "unsharp-mask amount that pulls blurred strokes apart (0 = off)",
+                         minimum=0.0, maximum=5.0, live=True),
     }
 )  # fmt: skip
 

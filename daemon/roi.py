@@ -168,6 +168,18 @@ SURE_PARTS = 0.8
 MAX_DIGIT_HEIGHT_RATIO = 2.0
 
 
+def _typical_height(heights):
+    """The height most marks share, weighted by height: the digits' height. One shadow or
+    blob twice as tall does not set it (the tallest mark did), nor do the short bars and
+    ticks that belong to digits."""
+    best, best_weight = heights[0], -1.0
+    for height in heights:
+        weight = sum(h for h in heights if 0.75 * height <= h <= 1.33 * height)
+        if weight > best_weight:
+            best, best_weight = height, weight
+    return best
+
+
 class SegmentRoi(object):
     """Find handwritten digits by connected components and read them as numbers.
 
@@ -271,11 +283,7 @@ class SegmentRoi(object):
         the rest (specks, dots) are dropped."""
         if not boxes:
             return boxes
-        # The digits' height is the (lower) median over everything that is not a speck: one
-        # shadow or blob twice as tall as the digits must not set it, as the tallest did.
-        tallest = max(b[3] for b in boxes)
-        heights = sorted(b[3] for b in boxes if b[3] >= 0.25 * tallest)
-        typical = heights[(len(heights) - 1) // 2]
+        typical = _typical_height([b[3] for b in boxes])
         boxes = [b for b in boxes if b[3] <= MAX_DIGIT_HEIGHT_RATIO * typical]
         big = [b for b in boxes if b[3] >= 0.45 * typical]
         for small in (b for b in boxes if b[3] < 0.45 * typical):
@@ -543,21 +551,32 @@ class GridRoi(object):
         target = np.float32([[0, 0], [width - 1, 0], [width - 1, height - 1], [0, height - 1]])
         flat = cv2.warpPerspective(mask, cv2.getPerspectiveTransform(quad, target), (width, height),
                                    flags=cv2.INTER_NEAREST)  # fmt: skip
-        flat = flat > 0
         band = max(1, cell // 8)
-        coverage = []
-        for k in range(self.rows + 1):
-            y = min(height - 1, k * cell)
-            coverage.append(flat[max(0, y - band) : y + band + 1].any(axis=0).mean())
-        for k in range(self.cols + 1):
-            x = min(width - 1, k * cell)
-            coverage.append(flat[:, max(0, x - band) : x + band + 1].any(axis=1).mean())
-        inner = np.ones((height, width), bool)
-        for k in range(self.rows + 1):
-            inner[max(0, k * cell - 2 * band) : k * cell + 2 * band + 1] = False
-        for k in range(self.cols + 1):
-            inner[:, max(0, k * cell - 2 * band) : k * cell + 2 * band + 1] = False
-        return float(np.mean(coverage)) - float(flat[inner].mean())
+        rows = np.minimum(np.arange(self.rows + 1) * cell, height - 1)
+        cols = np.minimum(np.arange(self.cols + 1) * cell, width - 1)
+        # a line pixel counts when ink lies within ``band`` of it across the line
+        across_rows = cv2.dilate(flat, np.ones((2 * band + 1, 1), np.uint8))
+        across_cols = cv2.dilate(flat, np.ones((1, 2 * band + 1), np.uint8))
+        coverage = (cv2.countNonZero(across_rows[rows]) + cv2.countNonZero(across_cols[:, cols])) / float(
+            len(rows) * width + len(cols) * height
+        )
+        inner = self._cell_interiors(width, height, cell, band)
+        fill = cv2.countNonZero(cv2.bitwise_and(flat, inner)) / float(max(1, cv2.countNonZero(inner)))
+        return coverage - fill
+
+    def _cell_interiors(self, width, height, cell, band):
+        """uint8 mask of the flat grid without a margin of twice ``band`` around its lines."""
+        import numpy as np
+
+        key = (width, height, cell, band)
+        if getattr(self, "_interiors_key", None) != key:
+            inner = np.full((height, width), 255, np.uint8)
+            for k in range(self.rows + 1):
+                inner[max(0, k * cell - 2 * band) : k * cell + 2 * band + 1] = 0
+            for k in range(self.cols + 1):
+                inner[:, max(0, k * cell - 2 * band) : k * cell + 2 * band + 1] = 0
+            self._interiors_key, self._interiors = key, inner
+        return self._interiors
 
     def extract(self, image):
         return self.extract_grid(image)[0]
@@ -629,7 +648,9 @@ class GridRoi(object):
         cell = self.cell_px
         centre_x, centre_y = x0 + cell / 2.0, y0 + cell / 2.0
         window = labels[y0 : y0 + cell, x0 : x0 + cell]
-        present = [i for i in np.unique(window) if i]
+        x, y, w, h = stats[1:, 0], stats[1:, 1], stats[1:, 2], stats[1:, 3]
+        touching = (x < x0 + cell) & (x + w > x0) & (y < y0 + cell) & (y + h > y0)
+        present = [int(i) + 1 for i in np.flatnonzero(touching)]
         core = []
         for index in present:
             x, y, w, h, _ = stats[index]
@@ -650,9 +671,13 @@ class GridRoi(object):
         parts = list(core)
         for index in present:
             x, y, w, h, _ = stats[index]
-            if index not in core and x < right and x + w > left and y < bottom and y + h > top:
+            # a broken stroke lies inside the digit's box; a wall's remnant only brushes it
+            if index not in core and left <= x + w / 2.0 <= right and top <= y + h / 2.0 <= bottom:
                 parts.append(index)
         keep = np.isin(window, parts).astype(np.uint8)
+        if not keep.any():  # components that only pass by the cell (their boxes overlap it)
+            crop[:] = paper
+            return crop
         others = cv2.bitwise_and(mask[y0 : y0 + cell, x0 : x0 + cell], cv2.bitwise_not(keep * 255))
         others = cv2.dilate(others, np.ones((3, 3), np.uint8), iterations=2)
         others[cv2.dilate(keep, np.ones((3, 3), np.uint8)) > 0] = 0

@@ -177,17 +177,19 @@ def failure_image(photo, result, scored, width=640):
     return canvas
 
 
-def write_failures(out_dir, photos, results, scores, count):
-    """The ``count`` worst photos (fewest cells right) as annotated PNGs."""
+def write_failures(out_dir, photos, results, scores, count, image_format="jpg"):
+    """The ``count`` worst photos (fewest cells right) as annotated images (photos: JPEG by
+    default, PNG on request)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    for old in out_dir.glob("*.png"):
+    for old in list(out_dir.glob("*.png")) + list(out_dir.glob("*.jpg")):
         old.unlink()
     order = sorted(range(len(scores)), key=lambda i: (scores[i]["cells_right"], scores[i]["file"]))
     written = []
     for index in [i for i in order if not scores[i]["exact"]][:count]:
-        target = out_dir / ("%02d_%s.png" % (len(written), photos[index].path.stem))
-        cv2.imwrite(str(target), failure_image(photos[index], results[index], scores[index]))
+        target = out_dir / ("%02d_%s.%s" % (len(written), photos[index].path.stem, image_format))
+        cv2.imwrite(str(target), failure_image(photos[index], results[index], scores[index]),
+                    [cv2.IMWRITE_JPEG_QUALITY, 85])  # fmt: skip
         written.append(target)
     return written
 
@@ -210,7 +212,8 @@ def parse_args(argv=None):
     parser.add_argument("--config", default=None, help="daemon config (preprocessing, backend)")
     parser.add_argument("--limit", type=int, default=None, help="only the first N photos")
     parser.add_argument("--failures", default="docs/failures/real", help="folder for failure images")
-    parser.add_argument("--failure-count", type=int, default=12)
+    parser.add_argument("--failure-count", type=int, default=10)
+    parser.add_argument("--image-format", choices=("jpg", "png"), default="jpg", help="failure images")
     parser.add_argument("--out", default="docs/eval/real.json", help="per-photo results (JSON)")
     parser.add_argument("--quiet", action="store_true", help="no per-photo progress")
     return parser.parse_args(argv)
@@ -241,7 +244,9 @@ def main(args):
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps({"summary": summary, "photos": scores}, indent=1) + "\n")
     if args.failures:
-        written = write_failures(args.failures, photos, results, scores, args.failure_count)
+        written = write_failures(
+            args.failures, photos, results, scores, args.failure_count, args.image_format
+        )
         print("%d failure images in %s" % (len(written), args.failures))
     return 0
 

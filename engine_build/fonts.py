@@ -132,6 +132,8 @@ def vary(glyph, rng):
     alpha = padded.astype(np.float32) / 255.0 * rng.uniform(0.75, 0.95)
     region = paper[y0 : y0 + height, x0 : x0 + width]
     region[:] = region * (1 - alpha) + rng.uniform(20, 60) * alpha
+    if rng.random() < CELL_WALL_SHARE:
+        cell_walls(paper, rng)
     if rng.random() < CAMERA_SHARE:
         sheet = camera(paper, glyph.shape[0], rng)
     else:
@@ -146,7 +148,29 @@ def vary(glyph, rng):
 # have digits 10-30 px tall, blurred, faint and JPEG-compressed, whose strokes the
 # binarisation thickens and whose loops it fills. Without them in training such digits read
 # with low confidence or as a bolder neighbour (8 -> 0, 7 -> 1, 3 -> 5).
-CAMERA_SHARE = 0.5
+CAMERA_SHARE = 0.6
+# Share drawn with pieces of the walls of a grid cell or form box at the edges: a
+# crop's frame is never cut exactly, and a digit with a bit of wall is still that digit.
+CELL_WALL_SHARE = 0.2
+
+
+def cell_walls(paper, rng):
+    """Draw one or two dark wall pieces along the edges of ``paper`` (float32, in place)."""
+    side = paper.shape[0]
+    level = float(np.median(paper)) * rng.uniform(0.2, 0.5)
+    thick = max(1, int(side * rng.uniform(0.01, 0.04)))
+    for edge in rng.choice(4, int(rng.integers(1, 3)), replace=False):
+        start, end = sorted(rng.uniform(0, 1, 2) * side)
+        end = max(end, start + 0.3 * side)
+        offset = int(rng.uniform(0, 0.06) * side)
+        if edge == 0:
+            paper[offset : offset + thick, int(start) : int(end)] = level
+        elif edge == 1:
+            paper[side - offset - thick : side - offset, int(start) : int(end)] = level
+        elif edge == 2:
+            paper[int(start) : int(end), offset : offset + thick] = level
+        else:
+            paper[int(start) : int(end), side - offset - thick : side - offset] = level
 
 
 def camera(paper, glyph_height, rng):
@@ -158,7 +182,7 @@ def camera(paper, glyph_height, rng):
     # fainter print and a greyer sheet, as newsprint under room light
     paper_level = float(np.median(small))
     small = paper_level + (small - paper_level) * rng.uniform(0.3, 1.0)
-    small = cv2.GaussianBlur(small, (0, 0), rng.uniform(0.4, 1.4))
+    small = cv2.GaussianBlur(small, (0, 0), rng.uniform(0.4, 1.8))
     small = np.clip(small + rng.normal(0, rng.uniform(0.5, 5), small.shape), 0, 255).astype(np.uint8)
     ok, encoded = cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(25, 90))])
     if ok:

@@ -7,6 +7,10 @@ marks are drawn dark on a lit sheet, sometimes photographed small like
 ``fonts.camera``, and go through ``daemon.preprocess`` exactly as at run time.
 
 A single straight stroke near vertical is left out on purpose: that is how a 1 is written.
+
+Two handwritten digits that touch are not one digit either: squeezed into one 28x28
+frame the network would read the pair, confidently, as some digit, and the segment mode
+would keep it whole. Called "not a digit", the pair is split and its halves are read.
 """
 
 import cv2
@@ -95,3 +99,27 @@ def render_marks(count, rng):
             continue
         images.append(np.round(prepared.tensor[:, :, 0] / preprocess.PIXEL_SCALE).astype(np.uint8))
     return np.array(images, np.uint8).reshape(-1, preprocess.INPUT_SIZE, preprocess.INPUT_SIZE)
+
+
+def render_touching_pairs(count, images, rng):
+    """uint8 images [count, 28, 28]: two MNIST digits (from ``images``, the training split)
+    touching or overlapping side by side, framed like one digit."""
+    pairs = []
+    for _ in range(count):
+        left, right = (images[i] for i in rng.integers(0, len(images), 2))
+        glyphs = []
+        for image in (left, right):
+            x, y, w, h = cv2.boundingRect(image)
+            glyphs.append(image[y : y + h, x : x + w])
+        height = max(g.shape[0] for g in glyphs)
+        overlap = int(rng.integers(0, 4))
+        width = glyphs[0].shape[1] + glyphs[1].shape[1] - overlap
+        canvas = np.zeros((height + 4, width + 4), np.uint8)
+        x = 2
+        for glyph in glyphs:
+            top = 2 + int(rng.integers(0, height - glyph.shape[0] + 1))
+            region = canvas[top : top + glyph.shape[0], x : x + glyph.shape[1]]
+            np.maximum(region, glyph, out=region)
+            x += glyph.shape[1] - overlap
+        pairs.append(preprocess.fit_digit(canvas))
+    return np.array(pairs, np.uint8).reshape(-1, preprocess.INPUT_SIZE, preprocess.INPUT_SIZE)

@@ -39,7 +39,7 @@ def parse_args(argv=None):
     parser.add_argument(
         "--font-variants",
         type=int,
-        default=8,
+        default=10,
         help="printed digits per font and digit, from engine_build.fonts.training_fonts() (0 = none)",
     )
     parser.add_argument(
@@ -144,10 +144,18 @@ def main(args):
     if args.marks:
         from engine_build import marks
 
-        rejects = marks.render_marks(args.marks, rng)
+        rejects = np.concatenate(
+            [
+                marks.render_marks(args.marks, rng),
+                marks.render_touching_pairs(args.marks // 2, fit_images, rng),
+            ]
+        )
         fit_images = np.concatenate([fit_images, rejects])
         fit_labels = np.concatenate([fit_labels, np.full(len(rejects), REJECT_LABEL, fit_labels.dtype)])
-        print("added %d marks that are not digits (class %d)" % (len(rejects), REJECT_LABEL))
+        print(
+            "added %d marks and touching pairs that are not one digit (class %d)"
+            % (len(rejects), REJECT_LABEL)
+        )
     val_x, val_y = normalise_uint8(train_images[validation_idx]), train_labels[validation_idx]
 
     if args.init_from:

@@ -35,7 +35,10 @@ def test_shipped_onnx_has_named_nchw_input_with_dynamic_batch():
     assert model_input.name == "image" and model_output.name == "probabilities"
     dims = [d.dim_param or d.dim_value for d in model_input.type.tensor_type.shape.dim]
     assert dims == ["batch", 1, 28, 28]
-    assert [d.dim_param or d.dim_value for d in model_output.type.tensor_type.shape.dim] == ["batch", 10]
+    # ten digits and the reject class ("not a digit"), as the sidecar's labels say
+    assert [d.dim_param or d.dim_value for d in model_output.type.tensor_type.shape.dim] == ["batch", 11]
+    labels = model_meta.read(MODELS / "digits.onnx")["labels"]
+    assert labels == [str(d) for d in range(10)] + ["not a digit"]
 
 
 def test_export_parity_with_keras_on_1000_images(tmp_path, keras_model, mnist_test):

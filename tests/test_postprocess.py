@@ -16,6 +16,24 @@ def test_classify_applies_the_confidence_threshold():
     assert postprocess.classify(probabilities, 0.9)[0] is None
 
 
+def test_the_reject_class_reads_as_no_digit_and_drops_out_of_numbers():
+    """A model with an 11th output, "not a digit": a dash or a grid corner is no digit and,
+    unlike an unsure digit, leaves no '?' in the number."""
+    dash = np.full(11, 0.01, np.float32)
+    dash[10], dash[1] = 0.85, 0.06
+    assert postprocess.is_mark(dash)
+    assert postprocess.classify(dash, 0.05) == (None, dash[1])
+    assert postprocess.digit_confidence(dash) == 0.0
+    digit = np.full(11, 0.01, np.float32)
+    digit[4] = 0.9
+    assert not postprocess.is_mark(digit) and postprocess.classify(digit, 0.6)[0] == 4
+    assert not postprocess.is_mark(np.full(10, 0.1, np.float32))  # a ten-class model has no reject
+    region = type("Region", (), {"id": "d0_1", "box": (0, 0, 1, 1), "line": 0, "cell": None})()
+    readings = [reading("d0_0", 4), postprocess.reading_for(region, dash, 0.6), reading("d0_2", 7)]
+    assert readings[1].mark and readings[1].digit is None
+    assert postprocess.compose_number(readings) == "47"
+
+
 def test_number_joins_digits_and_marks_unread_rois():
     assert postprocess.compose_number([reading("a", 4), reading("b", 0), reading("c", 7)]) == "407"
     assert postprocess.compose_number([reading("a", 4), reading("b", None)]) == "4?"

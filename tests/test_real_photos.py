@@ -59,7 +59,7 @@ def test_failure_images_mark_the_wrong_cells(reader, photos, tmp_path):
     results, scores = eval_real.evaluate(chosen, reader)
     scores[0]["exact"] = False  # force one picture even if all three read right
     scores[0]["read"] = (np.array(scores[0]["read"]) * 0).tolist()
-    written = eval_real.write_failures(tmp_path, chosen, results, scores, count=5)
+    written = eval_real.write_failures(tmp_path, chosen, results, scores, count=5, image_format="png")
     assert written and all(path.suffix == ".png" for path in written)
     image = cv2.imread(str(written[0]))
     assert image is not None and image.shape[1] == 640
