@@ -28,6 +28,7 @@ THRESHOLD_METHODS = ("otsu", "fixed", "adaptive")
 # anyway, and every later step then costs a fraction (a 200x200 crop: ~6x less work).
 WORK_SIZE = 128
 BLUR_REFERENCE = 200.0
+POLARITY_SIZE = 64  # polarity is judged on a copy this small: it needs the strokes, not detail
 SHARPEN_FRACTION = 24.0
 POLARITIES = ("auto", "dark_on_light", "light_on_dark")
 
@@ -161,7 +162,7 @@ def ink_is_bright(gray):
     is the paper's local level, shadow or not; the ink is on the side of it that holds
     more contrast. A shadow, a dark margin or vignetting moves the median with it, so they
     do not flip the answer as "the border is paper" did."""
-    small = _shrunk(gray, WORK_SIZE)
+    small = _shrunk(gray, POLARITY_SIZE)
     kernel = _background_kernel(small)
     paper = cv2.medianBlur(small, kernel)
     # near the border the median window runs off the crop and repeats its edge (a dark margin
@@ -270,8 +271,10 @@ def fit_digit(ink, mask=None):
 
 def sharpened(gray, amount):
     """Unsharp mask at a 24th of the crop: a phone's blur runs the strokes of a small printed
-    8 into its loops; this pulls them apart again before thresholding."""
-    soft = cv2.GaussianBlur(gray, (0, 0), max(gray.shape) / SHARPEN_FRACTION)
+    8 into its loops; this pulls them apart again before thresholding. The soft copy is two
+    box blurs (close to a Gaussian, and their cost does not grow with the width)."""
+    side = max(1, int(round(1.8 * max(gray.shape) / SHARPEN_FRACTION))) | 1
+    soft = cv2.blur(cv2.blur(gray, (side, side)), (side, side))
     return cv2.addWeighted(gray, 1.0 + amount, soft, -amount, 0)
 
 
@@ -279,7 +282,7 @@ def pixel_noise(gray):
     """Robust standard deviation of the pixel noise: the median absolute difference from a
     3x3 median, which strokes and edges barely move."""
     difference = cv2.absdiff(gray, cv2.medianBlur(gray, 3))
-    return 1.4826 * float(np.median(difference))
+    return 1.4826 * _levels(difference, 0.5, 0.5)[0]
 
 
 def blur_size(blur_kernel, side):
