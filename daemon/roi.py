@@ -163,6 +163,9 @@ def _union(a, b):
 # (a 1 touching an 8 is no wider than one 0); the reading the classifier is surer of wins.
 SPLIT_CHECK_ASPECT = 0.75
 UNSURE_WHOLE = 0.6
+# Cuts tried around each expected one, in digit widths; parts narrower than this are none.
+PAIR_CUT_SHIFTS = (-0.4, -0.2, 0.0, 0.2, 0.4)
+MIN_PART_FRACTION = 0.35
 SURE_PARTS = 0.8
 # Marks this many times taller than the line's digits are shadows, blobs or page edges.
 MAX_DIGIT_HEIGHT_RATIO = 2.0
@@ -246,6 +249,40 @@ class SegmentRoi(object):
         columns = (box[0], box[0] + box[2]) if len(box) > 5 else None
         crop, _ = _isolated_crop(work, labels, box[4], box[:4], max(2, box[3] // 6), columns)
         return crop
+
+    def _best_split(self, box, split, pieces, labels, work):
+        """(split, [whole confidence] + part confidences) for the cuts the classifier reads best.
+
+        Touching digits are cut at the thinnest column near where a cut is expected, but the
+        thinnest column is often inside a digit (the waist of an 8): cuts shifted by up to a
+        fifth of a digit either way are tried too, in one batch, and the set whose worst part
+        reads best is kept."""
+        import itertools
+
+        x, y, w, h, parts = box
+        step = w / float(pieces)
+        choices = []
+        for k in range(1, pieces):
+            found = split[k][0] - x
+            shifted = [int(round(k * step + f * step)) for f in PAIR_CUT_SHIFTS]
+            choices.append(sorted(set([found] + shifted)))
+        candidates = []
+        for cuts in itertools.product(*choices):
+            edges = [0] + list(cuts) + [w]
+            if all(b - a >= MIN_PART_FRACTION * step for a, b in zip(edges[:-1], edges[1:])):
+                candidates.append(
+                    [[x + a, y, b - a, h, parts, "split"] for a, b in zip(edges[:-1], edges[1:])]
+                )
+        if not candidates:
+            candidates = [split]
+        crops = [self._crop(work, labels, box)]
+        for candidate in candidates:
+            crops.extend(self._crop(work, labels, c) for c in candidate)
+        confidences = self.classifier(crops)
+        whole, rest = confidences[0], confidences[1:]
+        scores = [min(rest[i * pieces : (i + 1) * pieces]) for i in range(len(candidates))]
+        best = max(range(len(candidates)), key=lambda i: scores[i])
+        return candidates[best], [whole] + rest[best * pieces : (best + 1) * pieces]
 
     @staticmethod
     def _merge_strokes(boxes):
@@ -342,8 +379,8 @@ class SegmentRoi(object):
                 cuts.append(cut)
             cuts.append(w)
             split = [[x + a, y, b - a, h, parts, "split"] for a, b in zip(cuts[:-1], cuts[1:])]
-            if self.classifier is not None and work is not None and w < 2.2 * reference:
-                confidences = self.classifier([self._crop(work, labels, c) for c in [box] + split])
+            if self.classifier is not None and work is not None and pieces <= 3:
+                split, confidences = self._best_split(box, split, pieces, labels, work)
                 if w <= self.max_aspect * reference:
                     # no wider than one digit may be: split only a blob the classifier cannot
                     # read into parts it reads well (a 1 touching an 8)
@@ -363,6 +400,7 @@ GRID_MIN_SCORE = 0.45
 # Refined corners replace the found ones only when the score rises this much: a small gain
 # is the score's own noise, and the outline of a clean grid is already as good as it gets.
 GRID_REFINE_GAIN = 0.03
+GRID_CELL_SLACK = 0.12  # a digit's box may overrun its cell by this share (warp, curved paper)
 GRID_DIGIT_MIN_HEIGHT = 0.25  # a digit in a grid cell is at least this share of the cell tall (or wide)  # line coverage less cell fill below which a quadrilateral is no grid
 
 
@@ -605,6 +643,9 @@ class GridRoi(object):
         target = np.float32([[0, 0], [size[0] - 1, 0], [size[0] - 1, size[1] - 1], [0, size[1] - 1]])
         warp = cv2.getPerspectiveTransform(corners, target)
         flat = cv2.warpPerspective(gray, warp, size, flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REPLICATE)
+        from daemon.preprocess import region_ink_is_bright
+
+        ink_bright = region_ink_is_bright(flat)
         mask, labels, stats = self._digit_components(flat)
         inverse = np.linalg.inv(warp)
         rois = []
@@ -612,7 +653,7 @@ class GridRoi(object):
         for row in range(self.rows):
             for col in range(self.cols):
                 x0, y0 = col * cell, row * cell
-                crop = self._cell_crop(flat, mask, labels, stats, x0, y0)
+                crop = self._cell_crop(flat, mask, labels, stats, x0, y0, ink_bright)
                 cell_corners = np.float32([[[x0, y0]], [[x0 + cell, y0 + cell]]])
                 (a, b) = cv2.perspectiveTransform(cell_corners, inverse).reshape(2, 2)
                 box = (int(a[0]) + ox, int(a[1]) + oy, max(1, int(b[0] - a[0])), max(1, int(b[1] - a[1])))
@@ -637,10 +678,10 @@ class GridRoi(object):
         _, labels, stats, _ = cv2.connectedComponentsWithStats(strokes, connectivity=8)
         return mask, labels, stats
 
-    def _cell_crop(self, flat, mask, labels, stats, x0, y0):
-        """The cell with only its digit's ink left: the components whose box is centred in the
-        cell and tall enough to be a digit, with the pieces touching their box (a broken
-        stroke). Grid-line remnants, specks and a neighbour's overhang are painted as paper;
+    def _cell_crop(self, flat, mask, labels, stats, x0, y0, ink_bright=False):
+        """The cell with only its digit's ink left: the biggest component whose box is centred in
+        the cell, lies inside it and is tall enough to be a digit, with the pieces inside its box
+        (a broken stroke). Grid-line remnants, specks and a neighbour's overhang are painted as paper;
         a cell without such a component comes out as blank paper."""
         import cv2
         import numpy as np
@@ -651,13 +692,18 @@ class GridRoi(object):
         x, y, w, h = stats[1:, 0], stats[1:, 1], stats[1:, 2], stats[1:, 3]
         touching = (x < x0 + cell) & (x + w > x0) & (y < y0 + cell) & (y + h > y0)
         present = [int(i) + 1 for i in np.flatnonzero(touching)]
-        core = []
+        candidates = []
+        slack = GRID_CELL_SLACK * cell
         for index in present:
-            x, y, w, h, _ = stats[index]
+            x, y, w, h, area = stats[index]
             # the longer side, not the height: in a photo taken sideways a 1 lies flat
             if (max(w, h) >= GRID_DIGIT_MIN_HEIGHT * cell and h <= 0.95 * cell and w <= 0.95 * cell
-                    and abs(x + w / 2.0 - centre_x) <= 0.25 * cell and abs(y + h / 2.0 - centre_y) <= 0.25 * cell):  # fmt: skip
-                core.append(index)
+                    and abs(x + w / 2.0 - centre_x) <= 0.25 * cell and abs(y + h / 2.0 - centre_y) <= 0.25 * cell
+                    # a digit is printed inside its cell; a grid line the warp missed runs on
+                    and x >= x0 - slack and y >= y0 - slack
+                    and x + w <= x0 + cell + slack and y + h <= y0 + cell + slack):  # fmt: skip
+                candidates.append((area, index))
+        core = [index for _, index in candidates]
         crop = flat[y0 : y0 + cell, x0 : x0 + cell].copy()
         paper_pixels = crop[mask[y0 : y0 + cell, x0 : x0 + cell] == 0]
         paper = int(np.median(paper_pixels)) if paper_pixels.size else int(np.median(crop))
@@ -678,17 +724,22 @@ class GridRoi(object):
         if not keep.any():  # components that only pass by the cell (their boxes overlap it)
             crop[:] = paper
             return crop
-        others = cv2.bitwise_and(mask[y0 : y0 + cell, x0 : x0 + cell], cv2.bitwise_not(keep * 255))
-        others = cv2.dilate(others, np.ones((3, 3), np.uint8), iterations=2)
-        others[cv2.dilate(keep, np.ones((3, 3), np.uint8)) > 0] = 0
-        crop[others > 0] = paper
         # the blurred edges of grid lines escape the ink mask: outside the digit's box is paper
         ys, xs = np.nonzero(keep)
         margin = max(2, cell // 16)
+        inside = (slice(max(0, ys.min() - margin), ys.max() + margin + 1),
+                  slice(max(0, xs.min() - margin), xs.max() + margin + 1))  # fmt: skip
+        cell_mask = mask[y0 : y0 + cell, x0 : x0 + cell]
+        # what is painted out takes the paper's own local shade (a closing wider than any
+        # stroke): one flat grey, a shade off, would leave a step that thresholding takes for ink
+        side = max(3, (cell // 3) | 1)
+        operation = cv2.MORPH_OPEN if ink_bright else cv2.MORPH_CLOSE
+        paper = cv2.morphologyEx(crop, operation, cv2.getStructuringElement(cv2.MORPH_RECT, (side, side)))
+        others = cv2.bitwise_and(cell_mask, cv2.bitwise_not(keep * 255))
+        others = cv2.dilate(others, np.ones((3, 3), np.uint8), iterations=2)
+        others[cv2.dilate(keep, np.ones((3, 3), np.uint8)) > 0] = 0
         outside = np.ones_like(keep)
-        outside[
-            max(0, ys.min() - margin) : ys.max() + margin + 1,
-            max(0, xs.min() - margin) : xs.max() + margin + 1,
-        ] = 0
-        crop[outside > 0] = paper
+        outside[inside] = 0
+        painted = (others > 0) | (outside > 0)
+        crop[painted] = paper[painted]
         return crop
