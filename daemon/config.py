@@ -245,7 +245,8 @@ SCHEMA = Schema(
                 "queue_size": Field(int, 10000, "messages kept while disconnected (oldest dropped)",
                                     minimum=1, maximum=10000000),
                 "spool_path": Field(str, "", "keep unacknowledged messages in this SQLite file across "
-                                    "restarts (e.g. /var/lib/digitd/outbox.sqlite); empty = memory only"),
+                                    "restarts (e.g. /var/lib/digitd/outbox.sqlite); empty = memory only; a corrupt file is "
+                                    "moved aside to <file>.corrupt-<time>, an unwritable place exits 78"),
                 "reconnect_min_s": Field(float, 1.0, "first reconnect delay", minimum=0.1),
                 "reconnect_max_s": Field(float, 60.0, "longest reconnect delay", minimum=0.1),
                 "tls": Schema(

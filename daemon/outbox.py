@@ -11,6 +11,7 @@ import collections
 import logging
 import os
 import sqlite3
+import time
 
 log = logging.getLogger(__name__)
 
@@ -85,22 +86,39 @@ class MemoryOutbox(object):
         pass
 
 
+class SpoolError(Exception):
+    """The spool file cannot be created or written where ``mqtt.spool_path`` points."""
+
+
 class SqliteOutbox(MemoryOutbox):
-    """The same, mirrored in an SQLite file that survives restarts."""
+    """The same, mirrored in an SQLite file that survives restarts.
+
+    A file SQLite cannot read (corrupt, truncated) is moved aside to
+    ``<path>.corrupt-<time>`` and a fresh spool started; a place that cannot be
+    written raises SpoolError.
+    """
 
     def __init__(self, limit, path):
         MemoryOutbox.__init__(self, limit)
         directory = os.path.dirname(os.path.abspath(path))
-        if not os.path.isdir(directory):
-            os.makedirs(directory)
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY, topic TEXT NOT NULL, "
-            "payload BLOB NOT NULL, qos INTEGER NOT NULL, retain INTEGER NOT NULL)"
-        )
-        rows = self._db.execute("SELECT id, topic, payload, qos, retain FROM outbox ORDER BY id").fetchall()
+        try:
+            if not os.path.isdir(directory):
+                os.makedirs(directory)
+        except OSError as exc:
+            raise SpoolError("mqtt.spool_path: cannot create the directory of %s (%s)" % (path, exc)) from exc
+        self._db = None
+        try:
+            rows = self._open(path)
+        except sqlite3.OperationalError as exc:
+            raise SpoolError("mqtt.spool_path: cannot open or write %s (%s)" % (path, exc)) from exc
+        except sqlite3.DatabaseError as exc:
+            self._move_aside(path, exc)
+            try:
+                rows = self._open(path)
+            except sqlite3.DatabaseError as again:
+                raise SpoolError(
+                    "mqtt.spool_path: cannot start a fresh spool %s (%s)" % (path, again)
+                ) from again
         for key, topic, payload, qos, retain in rows:
             self._pending.append((key, Message(topic, bytes(payload), qos, bool(retain))))
         self._next_key = rows[-1][0] if rows else 0
@@ -110,6 +128,39 @@ class SqliteOutbox(MemoryOutbox):
             )
         while len(self) > self.limit:
             self._drop_oldest()
+
+    def _open(self, path):
+        """Connect and read every spooled row; the connection is closed again on failure."""
+        db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY, topic TEXT NOT NULL, "
+                "payload BLOB NOT NULL, qos INTEGER NOT NULL, retain INTEGER NOT NULL)"
+            )
+            rows = db.execute("SELECT id, topic, payload, qos, retain FROM outbox ORDER BY id").fetchall()
+        except sqlite3.Error:
+            db.close()
+            raise
+        self._db = db
+        return rows
+
+    @staticmethod
+    def _move_aside(path, error):
+        """Rename an unreadable spool (and its WAL files) so a fresh one can start."""
+        aside = "%s.corrupt-%s" % (path, time.strftime("%Y%m%dT%H%M%S"))
+        try:
+            os.rename(path, aside)
+            for suffix in ("-wal", "-shm"):
+                if os.path.exists(path + suffix):
+                    os.rename(path + suffix, aside + suffix)
+        except OSError as exc:
+            raise SpoolError(
+                "mqtt.spool_path: %s is unreadable (%s) and cannot be moved aside (%s)" % (path, error, exc)
+            ) from exc
+        log.error("MQTT spool %s is corrupt (%s): moved aside to %s; starting a fresh spool; "
+                  "its unsent messages are lost", path, error, aside)  # fmt: skip
 
     def _store(self, key, message):
         self._db.execute(

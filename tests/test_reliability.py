@@ -219,3 +219,78 @@ def test_source_that_breaks_is_reopened_and_the_daemon_stays_online(tmp_path, br
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(15) == 0
+
+
+def spool_config(tmp_path, port, spool):
+    return write_config(
+        tmp_path / "config.yaml",
+        source={"type": "file", "path": str(VIDEO)},
+        backend={"type": "onnxruntime"},
+        mqtt={"host": "127.0.0.1", "port": port, "spool_path": str(spool)},
+        http={"enabled": False},
+        stats_interval_s=60,
+    )
+
+
+def truncated_spool_bytes(tmp_path):
+    """Half of a real spool with a few thousand rows, as a crash or a full card may leave it."""
+    whole = tmp_path / "whole.sqlite"
+    with sqlite3.connect(str(whole)) as db:
+        db.execute(
+            "CREATE TABLE outbox (id INTEGER PRIMARY KEY, topic TEXT NOT NULL, "
+            "payload BLOB NOT NULL, qos INTEGER NOT NULL, retain INTEGER NOT NULL)"
+        )
+        db.executemany(
+            "INSERT INTO outbox (topic, payload, qos, retain) VALUES (?, ?, 1, 0)",
+            [("digitd/test-01/prediction", b"x" * 200)] * 3000,
+        )
+    data = whole.read_bytes()
+    return data[: len(data) // 2]
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_a_corrupt_spool_is_moved_aside_and_a_fresh_one_is_used(tmp_path, broker, subscriber_factory, damage):
+    spool = tmp_path / "state" / "outbox.sqlite"
+    spool.parent.mkdir()
+    damaged = b"this is not an SQLite file\n" * 50 if damage == "garbage" else truncated_spool_bytes(tmp_path)
+    spool.write_bytes(damaged)
+    subscriber = subscriber_factory(broker.port, "digitd/test-01/prediction")
+    process = run_daemon(spool_config(tmp_path, broker.port, spool), "--max-frames", "10")
+    assert process.wait(60) == 0, process.log_path.read_text()
+    assert subscriber.wait_for(lambda s: len(frames_of(s)) >= 10, timeout=15), process.log_path.read_text()
+    assert frames_of(subscriber) == list(range(1, 11))
+    aside = list(spool.parent.glob("outbox.sqlite.corrupt-*"))
+    assert len(aside) == 1 and aside[0].read_bytes() == damaged, sorted(spool.parent.iterdir())
+    log = process.log_path.read_text()
+    assert "Traceback" not in log
+    assert "corrupt" in log and aside[0].name in log
+    with sqlite3.connect(str(spool)) as db:
+        assert db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0] == 0
+
+
+@pytest.fixture
+def read_only_dir(tmp_path):
+    """A directory nobody may write to: a read-only tmpfs when we are root (root ignores modes)."""
+    import os
+    import subprocess
+
+    folder = tmp_path / "readonly"
+    folder.mkdir()
+    if os.geteuid() == 0:
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(folder)])
+        if mounted.returncode != 0:
+            pytest.skip("root but mount is not permitted here: cannot make a directory root cannot write")
+        yield folder
+        subprocess.run(["umount", str(folder)])
+    else:
+        folder.chmod(0o555)
+        yield folder
+        folder.chmod(0o755)
+
+
+def test_an_unwritable_spool_is_a_configuration_error(tmp_path, read_only_dir):
+    process = run_daemon(spool_config(tmp_path, free_port(), read_only_dir / "outbox.sqlite"))
+    assert process.wait(60) == 78, process.log_path.read_text()
+    log = process.log_path.read_text()
+    assert "Traceback" not in log
+    assert "mqtt.spool_path" in log and str(read_only_dir / "outbox.sqlite") in log
