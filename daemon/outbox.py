@@ -72,6 +72,9 @@ class MemoryOutbox(object):
         if self._handed.pop(key, None) is not None:
             self._delete(key)
 
+    durable = False  # True while every message is also on disk
+    spool_failures = 0  # messages that could not be written to the spool (lost on a restart)
+
     def close(self):
         pass
 
@@ -100,6 +103,7 @@ class SqliteOutbox(MemoryOutbox):
 
     def __init__(self, limit, path):
         MemoryOutbox.__init__(self, limit)
+        self.path = path
         directory = os.path.dirname(os.path.abspath(path))
         try:
             if not os.path.isdir(directory):
@@ -162,17 +166,48 @@ class SqliteOutbox(MemoryOutbox):
         log.error("MQTT spool %s is corrupt (%s): moved aside to %s; starting a fresh spool; "
                   "its unsent messages are lost", path, error, aside)  # fmt: skip
 
+    @property
+    def durable(self):
+        return self._db is not None
+
     def _store(self, key, message):
-        self._db.execute(
-            "INSERT INTO outbox (id, topic, payload, qos, retain) VALUES (?, ?, ?, ?, ?)",
-            (key, message.topic, sqlite3.Binary(message.payload), message.qos, int(message.retain)),
-        )
+        if self._db is not None:
+            try:
+                self._db.execute(
+                    "INSERT INTO outbox (id, topic, payload, qos, retain) VALUES (?, ?, ?, ?, ?)",
+                    (key, message.topic, sqlite3.Binary(message.payload), message.qos, int(message.retain)),
+                )
+                return
+            except sqlite3.Error as exc:
+                self._give_up_spool(exc)
+        self.spool_failures += 1
 
     def _delete(self, key):
-        self._db.execute("DELETE FROM outbox WHERE id = ?", (key,))
+        if self._db is None:
+            return
+        try:
+            self._db.execute("DELETE FROM outbox WHERE id = ?", (key,))
+        except sqlite3.Error as exc:
+            self._give_up_spool(exc)
+
+    def _give_up_spool(self, error):
+        """A write failed (disk full, I/O error): carry on in memory, which the base class keeps anyway."""
+        log.error("MQTT spool %s: write failed (%s); keeping messages in memory only until the next start "
+                  "(they are lost if the daemon stops before the broker has them; rows already on disk "
+                  "may be sent again)", self.path, error)  # fmt: skip
+        db, self._db = self._db, None
+        try:
+            db.close()
+        except sqlite3.Error as exc:
+            log.warning("MQTT spool %s: close failed: %s", self.path, exc)
 
     def close(self):
-        self._db.close()
+        db, self._db = self._db, None
+        if db is not None:
+            try:
+                db.close()
+            except sqlite3.Error as exc:
+                log.warning("MQTT spool %s: close failed: %s", self.path, exc)
 
 
 def create_outbox(limit, spool_path=""):

@@ -123,6 +123,7 @@ class PipelineStats(object):
             "mqtt_queue": publisher_stats.pending,
             "mqtt_dropped": publisher_stats.dropped,
             "mqtt_connects": publisher_stats.connects,
+            "mqtt_spool_failures": publisher_stats.spool_failures,
             "mqtt_last_outage_s": None
             if publisher_stats.last_reconnect_s is None
             else round(publisher_stats.last_reconnect_s, 2),
@@ -240,7 +241,9 @@ class Pipeline(object):
         try:
             self._capture_loop(max_frames)
         finally:
-            self.batcher.put(_EndMarker(), timeout=None)
+            while not self.batcher.put(_EndMarker(), timeout=0.5):
+                if not inference.is_alive():
+                    break
             inference.join()
             self._publish_stats()
         log.info("stopped after %d frames in, %d out", self.stats.frames_in, self.stats.frames_out)
@@ -289,7 +292,11 @@ class Pipeline(object):
             ended = isinstance(batch[-1], _EndMarker)
             works = [w for w in batch if not isinstance(w, _EndMarker)]
             if works:
-                self._infer_and_publish(works)
+                try:
+                    self._infer_and_publish(works)
+                except Exception:  # noqa: BLE001 - counted; this thread must outlive any batch
+                    self.stats.inference_errors += 1
+                    log.exception("frames %s: inference or publishing failed", [w.frame.index for w in works])
             if ended:
                 return
 
@@ -311,7 +318,11 @@ class Pipeline(object):
             readings = [
                 postprocess.reading_for(r, next(probabilities), self.min_confidence) for r in work.rois
             ]
-            self._publish_frame(work, readings)
+            try:
+                self._publish_frame(work, readings)
+            except Exception:  # noqa: BLE001 - counted; the next frame may succeed
+                self.stats.frame_errors += 1
+                log.exception("frame %d: publishing failed", work.frame.index)
 
     def _publish_frame(self, work, readings):
         frame = work.frame
@@ -357,7 +368,10 @@ class Pipeline(object):
     # -- stats -----------------------------------------------------------------------------
     def _stats_loop(self):
         while not self.stop_event.wait(self.config.stats_interval_s):
-            self._publish_stats()
+            try:
+                self._publish_stats()
+            except Exception:  # noqa: BLE001 - logged; stats must keep coming
+                log.exception("publishing stats failed")
 
     def _publish_stats(self):
         if self.publisher is None or self.source is None:

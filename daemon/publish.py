@@ -34,6 +34,19 @@ _CONNACK_REASONS = {
 }
 
 
+def _guarded(callback):
+    """Wrap a paho callback: an exception must not end paho's network thread."""
+
+    def guarded(*args, **kwargs):
+        try:
+            return callback(*args, **kwargs)
+        except Exception:  # noqa: BLE001 - logged; paho would otherwise die silently
+            log.exception("MQTT: %s failed", callback.__name__)
+            return None
+
+    return guarded
+
+
 def encode(payload):
     """Compact UTF-8 JSON."""
     return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
@@ -51,6 +64,7 @@ class PublisherStats(object):
         self.disconnected_since = None  # monotonic time, None while connected
         self.last_reconnect_s = None  # length of the last outage
         self.pending = 0  # messages queued or handed to paho and not yet acknowledged
+        self.spool_failures = 0  # messages the spool could not store (kept in memory only)
 
 
 class MqttPublisher(object):
@@ -101,9 +115,9 @@ class MqttPublisher(object):
                 tls_version=ssl.PROTOCOL_TLS_CLIENT,
             )
             client.tls_insecure_set(s.tls.insecure)
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
-        client.on_publish = self._on_publish
+        client.on_connect = _guarded(self._on_connect)
+        client.on_disconnect = _guarded(self._on_disconnect)
+        client.on_publish = _guarded(self._on_publish)
         self._client = client
         self.stats.disconnected_since = time.monotonic()
         client.connect_async(s.host, s.port, keepalive=s.keepalive_s)
@@ -125,9 +139,7 @@ class MqttPublisher(object):
         left = self.pending()
         if left:
             where = (
-                "kept in %s for the next start" % self.settings.spool_path
-                if self.settings.spool_path
-                else "lost"
+                "kept in %s for the next start" % self.settings.spool_path if self._outbox.durable else "lost"
             )
             log.warning("MQTT: %d message(s) not acknowledged at shutdown: %s", left, where)
         if self.stats.connected:
@@ -163,6 +175,7 @@ class MqttPublisher(object):
                                 self.settings.queue_size)  # fmt: skip
                     self._overflow_logged = True
             self.stats.pending = len(self._outbox)
+            self.stats.spool_failures = self._outbox.spool_failures
             self._wake.notify()
 
     def pending(self):
@@ -172,36 +185,50 @@ class MqttPublisher(object):
 
     def _send_loop(self):
         while not self._stop.is_set():
-            with self._wake:
-                while not self._stop.is_set() and not (
-                    self.stats.connected
-                    and self._outbox.pending_count()
-                    and self._outbox.handed_count() < MAX_HANDED_TO_PAHO
-                ):
-                    self._wake.wait(0.5)
-                if self._stop.is_set():
-                    return
-                key, message = self._outbox.take()
-            # Not under our lock: paho calls on_publish with its own lock held.
+            try:
+                self._send_one()
+            except Exception:  # noqa: BLE001 - logged; the sender must keep running
+                log.exception("MQTT: sending failed")
+                self._stop.wait(1.0)
+
+    def _send_one(self):
+        """Hand the oldest pending message to paho once connected and below the in-flight cap."""
+        with self._wake:
+            while not self._stop.is_set() and not (
+                self.stats.connected
+                and self._outbox.pending_count()
+                and self._outbox.handed_count() < MAX_HANDED_TO_PAHO
+            ):
+                self._wake.wait(0.5)
+            if self._stop.is_set():
+                return
+            key, message = self._outbox.take()
+        # Not under our lock: paho calls on_publish with its own lock held.
+        try:
             info = self._client.publish(
                 message.topic, message.payload, qos=message.qos, retain=message.retain
             )
+        except Exception:
             with self._wake:
-                if info.rc != 0 and message.qos == 0:
-                    self._outbox.give_back(key)  # not connected after all: retry later
-                    self._wake.wait(0.1)
-                    continue
-                self.stats.published += 1
-                if info.mid in self._early_acks:
-                    self._early_acks.discard(info.mid)
-                    self._acknowledge(key)
-                else:
-                    self._keys[info.mid] = key
+                self._outbox.give_back(key)
+            raise
+        with self._wake:
+            if info.rc != 0 and message.qos == 0:
+                self._outbox.give_back(key)  # not connected after all: retry later
+                self._wake.wait(0.1)
+                return
+            self.stats.published += 1
+            if info.mid in self._early_acks:
+                self._early_acks.discard(info.mid)
+                self._acknowledge(key)
+            else:
+                self._keys[info.mid] = key
 
     def _acknowledge(self, key):
         self._outbox.ack(key)
         self.stats.acknowledged += 1
         self.stats.pending = len(self._outbox)
+        self.stats.spool_failures = self._outbox.spool_failures
 
     # -- paho callbacks (network thread) --------------------------------------------------
     def _on_connect(self, client, userdata, flags, reason, properties=None):

@@ -294,3 +294,73 @@ def test_an_unwritable_spool_is_a_configuration_error(tmp_path, read_only_dir):
     log = process.log_path.read_text()
     assert "Traceback" not in log
     assert "mqtt.spool_path" in log and str(read_only_dir / "outbox.sqlite") in log
+
+
+@pytest.fixture
+def tiny_tmpfs(tmp_path):
+    """A real 256 KiB tmpfs: the spool's disk fills up after a few hundred messages."""
+    import os
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    folder = tmp_path / "spool"
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(folder)])
+    if mounted.returncode != 0:
+        pytest.skip("mount -t tmpfs is not permitted in this sandbox")
+    yield folder
+    subprocess.run(["umount", "-l", str(folder)])
+
+
+def healthz(port):
+    with urllib.request.urlopen("http://127.0.0.1:%d/healthz" % port, timeout=5) as response:
+        return json.loads(response.read())
+
+
+def test_a_full_disk_under_the_spool_keeps_the_daemon_serving_and_stoppable(tmp_path, tiny_tmpfs, schemas):
+    """Real tmpfs of 256 KiB as the spool directory (mount -t tmpfs -o size=256k), broker away,
+    a looping file: the spool fills up; the daemon must carry on in memory, count it and stop
+    on SIGTERM."""
+    port, http_port = free_port(), free_port()
+    config = write_config(
+        tmp_path / "config.yaml",
+        source={"type": "file", "path": str(VIDEO), "loop": True, "realtime": True},
+        backend={"type": "onnxruntime"},
+        mqtt={"host": "127.0.0.1", "port": port, "spool_path": str(tiny_tmpfs / "outbox.sqlite"),
+              "reconnect_min_s": 0.2, "reconnect_max_s": 1},
+        http={"port": http_port},
+        stats_interval_s=1,
+    )  # fmt: skip
+    process = run_daemon(config)
+    broker = subscriber = None
+    try:
+        deadline = time.monotonic() + 120
+        while "database or disk is full" not in process.log_path.read_text():
+            assert time.monotonic() < deadline and process.poll() is None, process.log_path.read_text()
+            time.sleep(0.5)
+        time.sleep(1.0)
+        before = healthz(http_port)["frames_out"]
+        time.sleep(4.0)
+        assert healthz(http_port)["frames_out"] > before + 20, "inference stopped when the disk filled up"
+        broker = Broker(tmp_path, port=port).start()
+        subscriber = Subscriber(port, "digitd/test-01/#").start()
+        assert subscriber.wait_for(
+            lambda s: any(p.get("mqtt_spool_failures", 0) > 0 for p in s.payloads("stats")), timeout=30
+        ), process.log_path.read_text()
+        for payload in subscriber.payloads("stats"):
+            schemas["stats"].validate(payload)
+        assert subscriber.wait_for(lambda s: len(s.on("prediction")) > 10, timeout=15)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0, process.log_path.read_text()
+        log = process.log_path.read_text()
+        assert "Exception in thread" not in log, log
+        assert "in memory only" in log
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+        if subscriber is not None:
+            subscriber.stop()
+        if broker is not None:
+            broker.stop()
