@@ -130,6 +130,9 @@ def cmd_run(args):
         service.close()
         return EXIT_UNAVAILABLE
     service.run(max_frames=args.max_frames or None)
+    if service.pipeline.input_ended and service.pipeline.source.stats.frames == 0:
+        log.error("%s: no frame could be read", service.pipeline.source.describe())
+        return EXIT_UNAVAILABLE
     return EXIT_OK
 
 

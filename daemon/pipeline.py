@@ -144,6 +144,7 @@ class Pipeline(object):
         self.last_view = None  # (frame, rois, prepared, readings) of the newest published frame
         self.infer_lock = threading.Lock()  # the backend is shared with POST /predict
         self.ready_since = None
+        self.input_ended = False  # the source reached its end (a file), not a stop request
         self._reload_source = None
         self._apply_stage_settings(config)
         self.batcher = DynamicBatcher(
@@ -257,6 +258,7 @@ class Pipeline(object):
             frame = self.source.read(timeout=0.5)
             if frame is None:
                 if self.source.finished:
+                    self.input_ended = True
                     return
                 continue
             try:

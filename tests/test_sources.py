@@ -1,5 +1,7 @@
 """Frame sources with real video files and image folders."""
 
+import re
+import struct
 import time
 
 import cv2
@@ -8,6 +10,7 @@ import pytest
 
 from daemon import config
 from daemon.sources import SourceError, create_source
+from tests.conftest import run_daemon, write_config
 
 
 def source_settings(**values):
@@ -129,3 +132,65 @@ def test_csi_without_gstreamer_opencv_says_why():
         pytest.skip("this OpenCV has GStreamer")
     with pytest.raises(SourceError, match="no GStreamer support"):
         create_source(source_settings(type="csi")).start()
+
+
+def _atoms(data, start=0, end=None):
+    end = len(data) if end is None else end
+    while start < end:
+        size, kind = struct.unpack(">I4s", data[start : start + 8])
+        yield kind, start, size
+        start += size
+
+
+def faststart(data):
+    """The same MP4 with its index (moov) before the media data, as cameras and web encoders write it;
+    the chunk offsets in stco are moved by the size of the index."""
+    moov = bytearray(next(data[i : i + n] for kind, i, n in _atoms(data) if kind == b"moov"))
+
+    def shift(start, end):
+        for kind, i, size in _atoms(moov, start, end):
+            if kind in (b"trak", b"mdia", b"minf", b"stbl"):
+                shift(i + 8, i + size)
+            elif kind == b"stco":
+                for n in range(struct.unpack(">I", moov[i + 12 : i + 16])[0]):
+                    at = i + 16 + 4 * n
+                    moov[at : at + 4] = struct.pack(
+                        ">I", struct.unpack(">I", moov[at : at + 4])[0] + len(moov)
+                    )
+
+    shift(8, len(moov))
+    ftyp = next(data[i : i + n] for kind, i, n in _atoms(data) if kind == b"ftyp")
+    rest = b"".join(data[i : i + n] for kind, i, n in _atoms(data) if kind not in (b"ftyp", b"moov"))
+    return ftyp + bytes(moov) + rest
+
+
+def test_a_truncated_video_ends_where_its_data_ends(tmp_path):
+    whole = tmp_path / "whole.mp4"
+    writer = cv2.VideoWriter(str(whole), cv2.VideoWriter_fourcc(*"mp4v"), 30.0, (160, 120))
+    for i in range(240):
+        image = np.full((120, 160, 3), 210, np.uint8)
+        cv2.putText(image, str(i % 10), (50, 95), cv2.FONT_HERSHEY_SIMPLEX, 3, (20, 20, 20), 8)
+        writer.write(image)
+    writer.release()
+    data = faststart(whole.read_bytes())
+    video = tmp_path / "cut.mp4"
+    video.write_bytes(data[: len(data) // 2])  # the index still says 240 frames
+    config_path = write_config(
+        tmp_path / "config.yaml",
+        source={"type": "file", "path": str(video), "loop": False},
+        backend={"type": "onnxruntime"},
+        mqtt={"enabled": False},
+    )
+    process = run_daemon(config_path)
+    try:
+        code = process.wait(90)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+    log = process.log_path.read_text()
+    assert code == 0, log
+    frames_in = int(re.findall(r"stopped after (\d+) frames in", log)[-1])
+    assert 60 < frames_in < 240, log
+    assert "WARNING" in log and "ended early" in log
+    assert "reopening" not in log

@@ -73,6 +73,7 @@ class FrameSource(object):
         self._generation = 0
         self._last_delivery = time.monotonic()
         self._next_index = 0
+        self._frames_at_open = 0  # stats.frames when the source was last (re)opened
 
     # -- to implement -------------------------------------------------------------------
     def describe(self):
@@ -155,7 +156,7 @@ class FrameSource(object):
                 self.stats.state = "reconnecting"
                 continue
             if image is None:
-                if self.settings.loop:
+                if self._may_loop():
                     self._restart_file()
                     continue
                 self.stats.state = "finished"
@@ -164,7 +165,12 @@ class FrameSource(object):
             return self._make_frame(image)
         return None
 
+    def _may_loop(self):
+        """Loop only a file that gave frames since it was opened (else it would spin on nothing)."""
+        return self.settings.loop and self.stats.frames > self._frames_at_open
+
     def _restart_file(self):
+        self._frames_at_open = self.stats.frames
         self._release()
         try:
             self._open()
@@ -177,6 +183,7 @@ class FrameSource(object):
         if self._stop.wait(delay):
             return
         self.stats.reconnects += 1
+        self._frames_at_open = self.stats.frames
         try:
             self._release()
             self._open()
@@ -215,7 +222,7 @@ class FrameSource(object):
                 continue
             try:
                 image = self._read_image()
-                if image is None and self.settings.loop:
+                if image is None and self._may_loop():
                     self._restart_file()
                     continue
             except SourceError as exc:
