@@ -194,3 +194,27 @@ def test_a_truncated_video_ends_where_its_data_ends(tmp_path):
     assert 60 < frames_in < 240, log
     assert "WARNING" in log and "ended early" in log
     assert "reopening" not in log
+
+
+def test_sigterm_stops_the_daemon_while_it_waits_for_a_missing_file(tmp_path):
+    import signal
+
+    config_path = write_config(
+        tmp_path / "config.yaml",
+        source={"type": "file", "path": str(tmp_path / "not-yet.mp4"), "wait_for_source": True},
+        backend={"type": "onnxruntime"},
+        mqtt={"enabled": False},
+    )
+    process = run_daemon(config_path)
+    try:
+        deadline = time.monotonic() + 60
+        while "waiting for it" not in process.log_path.read_text():
+            assert time.monotonic() < deadline and process.poll() is None, process.log_path.read_text()
+            time.sleep(0.2)
+        time.sleep(2.0)  # a few reopen attempts with growing delays
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(15) == 0, process.log_path.read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
