@@ -268,6 +268,21 @@ def _type_name(kind):
     return {str: "a string", int: "an integer", float: "a number", bool: "true or false"}.get(kind, "?")
 
 
+def _value_kind(value):
+    """What YAML made of a value, without the value (for secrets)."""
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    if value is None:
+        return "nothing (null)"
+    return "a %s" % type(value).__name__
+
+
 def _expand_env(value, path, errors):
     def replace(match):
         name = match.group(1)
@@ -298,11 +313,12 @@ def _check_scalar(field, value, path, errors):
         errors.append("%s: expected %s, got %r" % (path, _type_name(kind), value))
         return field.default
     if kind is str and not isinstance(value, str):
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            value = str(value)
-        else:
-            errors.append("%s: expected a string, got %r" % (path, value))
-            return field.default
+        # YAML 1.1 reads unquoted 0123 as 83, 0x1F as 31, 12:30 as 750: converting back would
+        # silently change a password or an id, so the user must quote it.
+        shown = _value_kind(value) if field.secret else "%s %r" % (_value_kind(value), value)
+        errors.append("%s: expected a string, got %s; put it in quotes in the YAML file (YAML converts "
+                      "unquoted numbers, times and dates)" % (path, shown))  # fmt: skip
+        return field.default
     if field.choices is not None and value not in field.choices:
         errors.append("%s: %r is not one of %s" % (path, value, ", ".join(str(c) for c in field.choices)))
         return field.default
