@@ -124,6 +124,7 @@ class PipelineStats(object):
             "mqtt_dropped": publisher_stats.dropped,
             "mqtt_connects": publisher_stats.connects,
             "mqtt_spool_failures": publisher_stats.spool_failures,
+            "mqtt_last_error": publisher_stats.last_error or None,
             "mqtt_last_outage_s": None
             if publisher_stats.last_reconnect_s is None
             else round(publisher_stats.last_reconnect_s, 2),
@@ -220,6 +221,9 @@ class Pipeline(object):
             "dropped_frames": self.source.stats.dropped if self.source is not None else 0,
             "source_reconnects": self.source.stats.reconnects if self.source is not None else 0,
             "mqtt_connected": bool(self.publisher is not None and self.publisher.stats.connected),
+            "mqtt_last_error": (self.publisher.stats.last_error or None)
+            if self.publisher is not None
+            else None,
         }
         return healthy, detail
 
