@@ -226,7 +226,7 @@ SCHEMA = Schema(
         "service": Schema(
             {
                 "health_timeout_s": Field(float, 10.0, "no published frame for this long = unhealthy "
-                                          "(/healthz 503, no systemd watchdog ping)", minimum=0.5),
+                                          "(/healthz 503; no systemd watchdog ping unless the source is being reopened)", minimum=0.5),
             }
         ),
         "mqtt": Schema(

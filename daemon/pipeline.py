@@ -201,25 +201,44 @@ class Pipeline(object):
         return live, restart
 
     def health(self, timeout_s):
-        """(healthy, detail): frames flow (or the source is reconnecting) and the backend is loaded."""
+        """(healthy, detail): frames are published and the backend is loaded; ``detail["reason"]``
+        says what is wrong, ``detail["alive"]`` whether the loop still works (a source being
+        reopened is unhealthy but alive: the systemd watchdog keeps being pinged)."""
         now = time.monotonic()
         last = self.stats.last_output or self.ready_since
         age = None if last is None else now - last
-        source_state = self.source.stats.state if self.source is not None else "closed"
+        source = self.source
+        source_state = source.stats.state if source is not None else "closed"
         backend_loaded = self.backend is not None
         flowing = age is not None and age <= timeout_s
-        healthy = (
-            backend_loaded and (flowing or source_state == "reconnecting") and not self.stop_event.is_set()
-        )
+        stopping = self.stop_event.is_set()
+        healthy = backend_loaded and flowing and not stopping
+        reason = None
+        if not backend_loaded:
+            reason = "backend not loaded"
+        elif stopping:
+            reason = "stopping"
+        elif not flowing:
+            reason = "nothing published for %s s (limit %s s)" % (
+                "?" if age is None else "%.1f" % age,
+                timeout_s,
+            )
+            if source_state == "reconnecting":
+                reason += "; source %s unavailable, reopening: %s" % (
+                    source.describe(),
+                    source.stats.last_error,
+                )
         detail = {
             "status": "ok" if healthy else "unhealthy",
+            "reason": reason,
+            "alive": backend_loaded and not stopping and (flowing or source_state == "reconnecting"),
             "backend": self.backend.name if backend_loaded else None,
             "source_state": source_state,
             "last_output_age_s": None if age is None else round(age, 3),
             "frames_in": self.stats.frames_in,
             "frames_out": self.stats.frames_out,
-            "dropped_frames": self.source.stats.dropped if self.source is not None else 0,
-            "source_reconnects": self.source.stats.reconnects if self.source is not None else 0,
+            "dropped_frames": source.stats.dropped if source is not None else 0,
+            "source_reconnects": source.stats.reconnects if source is not None else 0,
             "mqtt_connected": bool(self.publisher is not None and self.publisher.stats.connected),
             "mqtt_last_error": (self.publisher.stats.last_error or None)
             if self.publisher is not None

@@ -141,6 +141,36 @@ def test_a_hung_source_stops_the_watchdog_and_fails_healthz(tmp_path):
         notify.close()
 
 
+def test_healthz_is_503_with_the_reason_while_the_source_is_down_but_the_watchdog_keeps_pinging(tmp_path):
+    notify = NotifySocket(tmp_path / "notify.sock")
+    missing = tmp_path / "camera.mp4"
+    process = start(
+        tmp_path, source={"type": "file", "path": str(missing), "wait_for_source": True},
+        extra_env={"NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": "600000"},
+        service={"health_timeout_s": 1.0},
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None and time.monotonic() < deadline, process.log_path.read_text()
+            try:
+                status, _, body = get(process.http_port, "/healthz", timeout=2)
+                break
+            except OSError:
+                time.sleep(0.2)
+        time.sleep(3.0)  # well past health_timeout_s with nothing published
+        status, _, body = get(process.http_port, "/healthz")
+        detail = json.loads(body)
+        assert status == 503, detail
+        assert detail["status"] == "unhealthy" and detail["source_state"] == "reconnecting"
+        assert "source" in detail["reason"] and "does not exist" in detail["reason"], detail
+        pings = notify.times("WATCHDOG=1")
+        assert pings and time.monotonic() - pings[-1] < 1.5, "reconnecting is not hung: keep pinging"
+    finally:
+        assert stop(process) == 0
+        notify.close()
+
+
 def test_sigterm_exits_0_quickly_and_says_offline(tmp_path, broker, subscriber_factory):
     process = start(tmp_path, mqtt={"host": "127.0.0.1", "port": broker.port})
     wait_http(process)
