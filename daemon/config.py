@@ -373,30 +373,56 @@ def _join(path, key):
     return "%s.%s" % (path, key) if path else key
 
 
-def _cross_checks(config, errors):
-    if config.roi.mode == "boxes" and not config.roi.boxes:
-        errors.append("roi.boxes: mode boxes needs at least one box")
+def _cross_checks(config, errors, failed=()):
+    """Checks across keys; one is skipped when a key it reads already had an error (its value is
+    then the default, and a follow-up error about it would only mislead)."""
+
+    def check(ok, keys, message):
+        if not ok and not any(
+            k == f or f.startswith(k + "[") or f.startswith(k + ".") for k in keys for f in failed
+        ):
+            errors.append(message)
+
+    roi, source, mqtt = config.roi, config.source, config.mqtt
+    check(
+        roi.mode != "boxes" or roi.boxes,
+        ("roi.mode", "roi.boxes"),
+        "roi.boxes: mode boxes needs at least one box",
+    )
     seen = set()
-    for index, box in enumerate(config.roi.boxes):
-        if not box.id:
-            errors.append("roi.boxes[%d].id: every box needs an id" % index)
-        elif box.id in seen:
-            errors.append("roi.boxes[%d].id: duplicate id %r" % (index, box.id))
+    for index, box in enumerate(roi.boxes):
+        path = "roi.boxes[%d].id" % index
+        check(box.id, (path,), "%s: every box needs an id" % path)
+        check(not box.id or box.id not in seen, (path,), "%s: duplicate id %r" % (path, box.id))
         seen.add(box.id)
-    if config.source.type == "file" and not config.source.path:
-        errors.append("source.path: type file needs a video file")
-    if config.source.type == "images" and not config.source.path:
-        errors.append("source.path: type images needs a folder or glob")
-    if config.source.type in ("rtsp", "uri") and not config.source.uri and not config.source.pipeline:
-        errors.append("source.uri: type %s needs a stream address" % config.source.type)
-    if config.source.reopen_max_delay_s < config.source.reopen_initial_delay_s:
-        errors.append("source.reopen_max_delay_s: smaller than reopen_initial_delay_s")
-    if config.mqtt.reconnect_max_s < config.mqtt.reconnect_min_s:
-        errors.append("mqtt.reconnect_max_s: smaller than reconnect_min_s")
-    if bool(config.mqtt.tls.cert_file) != bool(config.mqtt.tls.key_file):
-        errors.append("mqtt.tls.key_file: cert_file and key_file go together")
-    if not re.match(r"^[^#+/\s]+$", config.device_id):
-        errors.append("device_id: %r must be non-empty without '/', '#', '+' or spaces" % config.device_id)
+    keys = ("source.type", "source.path")
+    check(source.type != "file" or source.path, keys, "source.path: type file needs a video file")
+    check(source.type != "images" or source.path, keys, "source.path: type images needs a folder or glob")
+    check(
+        source.type not in ("rtsp", "uri") or source.uri or source.pipeline,
+        ("source.type", "source.uri", "source.pipeline"),
+        "source.uri: type %s needs a stream address" % source.type,
+    )
+    check(
+        source.reopen_max_delay_s >= source.reopen_initial_delay_s,
+        ("source.reopen_max_delay_s", "source.reopen_initial_delay_s"),
+        "source.reopen_max_delay_s: smaller than reopen_initial_delay_s",
+    )
+    check(
+        mqtt.reconnect_max_s >= mqtt.reconnect_min_s,
+        ("mqtt.reconnect_max_s", "mqtt.reconnect_min_s"),
+        "mqtt.reconnect_max_s: smaller than reconnect_min_s",
+    )
+    check(
+        bool(mqtt.tls.cert_file) == bool(mqtt.tls.key_file),
+        ("mqtt.tls.cert_file", "mqtt.tls.key_file"),
+        "mqtt.tls.key_file: cert_file and key_file go together",
+    )
+    check(
+        re.match(r"^[^#+/\s]+$", config.device_id),
+        ("device_id",),
+        "device_id: %r must be non-empty without '/', '#', '+' or spaces" % config.device_id,
+    )
 
 
 def _read_password_file(config, errors):
@@ -417,8 +443,9 @@ def from_dict(data):
     """Validate a parsed YAML mapping; return the config tree or raise ConfigError."""
     errors = []
     config = _build(SCHEMA, data, "", errors)
-    if not errors:
-        _cross_checks(config, errors)
+    failed = set(e.split(":", 1)[0] for e in errors)
+    _cross_checks(config, errors, failed)
+    if not failed & {"mqtt.password", "mqtt.password_file"}:
         _read_password_file(config, errors)
     if errors:
         raise ConfigError(errors)

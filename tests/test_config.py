@@ -135,3 +135,22 @@ def test_quoted_values_stay_strings(tmp_path):
     )
     loaded = config.load(path)
     assert (loaded.device_id, loaded.mqtt.password, loaded.mqtt.username) == ("0123", "0x1F", "12:30")
+
+
+def test_cross_checks_are_listed_together_with_field_errors(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "source: {type: webcam}\nroi: {mode: boxes}\nbatching: {max_batch: 0}\n"
+        "mqtt: {reconnect_min_s: 5, reconnect_max_s: 1, port: 0}\n"
+    )
+    result = run_cli("check-config", "-c", path)
+    assert result.returncode == 78
+    errors = [line.strip() for line in result.stderr.splitlines()[1:]]
+    assert "roi.boxes: mode boxes needs at least one box" in errors
+    assert "mqtt.reconnect_max_s: smaller than reconnect_min_s" in errors
+    assert "batching.max_batch: 0 is below the minimum 1" in errors
+    assert any(e.startswith("source.type: 'webcam' is not one of") for e in errors)
+    assert not any(e.startswith("source.path") for e in errors), (
+        "no follow-up error for a type that was wrong"
+    )
+    assert len(errors) == 5, errors

@@ -218,3 +218,46 @@ def test_sigterm_stops_the_daemon_while_it_waits_for_a_missing_file(tmp_path):
         if process.poll() is None:
             process.kill()
             process.wait(10)
+
+
+def test_a_reopened_source_that_is_slow_to_deliver_is_not_dropped_as_stalled(tmp_path, caplog):
+    """Like an RTSP camera: opening takes longer than stall_timeout_s. After one read failure the
+    source is reopened; the fresh handle must get its own stall_timeout_s to deliver."""
+    from daemon.sources.base import FrameSource
+
+    class SlowToOpenCamera(FrameSource):
+        live = True
+        reads = 0
+
+        def describe(self):
+            return "slow camera"
+
+        def _open(self):
+            time.sleep(1.5)
+            self.warming_up = True
+
+        def _read_image(self):
+            type(self).reads += 1
+            if type(self).reads == 10:
+                raise SourceError("camera/stream returned no frame")
+            time.sleep(0.6 if self.warming_up else 0.03)  # the first frame after opening takes a while
+            self.warming_up = False
+            return np.zeros((8, 8, 3), np.uint8)
+
+        def _release(self):
+            pass
+
+    settings = source_settings(type="v4l2", stall_timeout_s=1.0, reopen_initial_delay_s=0.1)
+    source = SlowToOpenCamera(settings).start()
+    try:
+        frames = []
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and len(frames) < 60:
+            frame = source.read(timeout=0.3)
+            if frame is not None:
+                frames.append(frame)
+        assert len(frames) >= 60, "the reopened source was dropped: %s" % caplog.text
+        assert source.stats.reconnects == 1
+        assert "no frame for" not in caplog.text
+    finally:
+        source.close()

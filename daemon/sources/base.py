@@ -181,6 +181,8 @@ class FrameSource(object):
         except SourceError as exc:
             self._note_failure(exc)
             self.stats.state = "reconnecting"
+        else:
+            self._last_delivery = time.monotonic()
 
     def _reopen_blocking(self, timeout=None):
         """One reopen attempt once the backoff delay has passed; waits at most ``timeout`` s."""
@@ -205,6 +207,7 @@ class FrameSource(object):
                         self._backoff.current)  # fmt: skip
             return
         self._backoff.reset()
+        self._last_delivery = time.monotonic()  # the fresh handle gets a full stall_timeout_s
         self.stats.state = "running"
         log.info("%s: reopened", self.describe())
 
