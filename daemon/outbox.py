@@ -74,6 +74,7 @@ class MemoryOutbox(object):
 
     durable = False  # True while every message is also on disk
     spool_failures = 0  # messages that could not be written to the spool (lost on a restart)
+    dropped_at_start = 0  # spooled messages dropped at start to fit a smaller limit
 
     def close(self):
         pass
@@ -132,6 +133,10 @@ class SqliteOutbox(MemoryOutbox):
             )
         while len(self) > self.limit:
             self._drop_oldest()
+            self.dropped_at_start += 1
+        if self.dropped_at_start:
+            log.warning("MQTT spool %s: dropped the %d oldest message(s) to fit mqtt.queue_size %d",
+                        path, self.dropped_at_start, limit)  # fmt: skip
 
     def _open(self, path):
         """Connect and read every spooled row; the connection is closed again on failure."""

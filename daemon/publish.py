@@ -111,6 +111,7 @@ class MqttPublisher(object):
         self.device_id = device_id
         self.stats = PublisherStats()
         self._outbox = create_outbox(settings.queue_size, settings.spool_path)
+        self.stats.dropped = self._outbox.dropped_at_start
         self._keys = {}  # paho mid -> outbox key of a handed message
         self._early_acks = set()
         self._ignored_mids = set()  # availability messages sent outside the outbox

@@ -11,6 +11,7 @@ import urllib.error
 import urllib.request
 
 import pytest
+import yaml
 
 from tests.conftest import SAMPLES, Broker, Subscriber, free_port, run_daemon, write_config
 
@@ -368,3 +369,36 @@ def test_a_full_disk_under_the_spool_keeps_the_daemon_serving_and_stoppable(tmp_
             subscriber.stop()
         if broker is not None:
             broker.stop()
+
+
+def test_a_smaller_queue_size_after_a_restart_counts_the_spooled_messages_it_drops(tmp_path):
+    port = free_port()
+    spool = tmp_path / "state" / "outbox.sqlite"
+    write_config(
+        tmp_path / "config.yaml",
+        source={"type": "file", "path": str(VIDEO)},
+        backend={"type": "onnxruntime"},
+        mqtt={"host": "127.0.0.1", "port": port, "spool_path": str(spool), "queue_size": 100},
+        http={"enabled": False},
+        stats_interval_s=60,
+    )
+    first = run_daemon(tmp_path / "config.yaml", "--max-frames", "50")  # broker down: all spooled
+    assert first.wait(60) == 0, first.log_path.read_text()
+    with sqlite3.connect(str(spool)) as db:
+        spooled = db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+    assert spooled > 50
+    config = spool_config(tmp_path, port, spool)
+    data = yaml.safe_load(config.read_text())
+    data["mqtt"]["queue_size"] = 10
+    config.write_text(yaml.safe_dump(data))
+    broker = Broker(tmp_path, port=port).start()
+    subscriber = Subscriber(port, "digitd/test-01/stats").start()
+    try:
+        second = run_daemon(config, "--max-frames", "1")
+        assert second.wait(60) == 0, second.log_path.read_text()
+        assert subscriber.wait_for(lambda s: s.payloads("stats"), timeout=15), second.log_path.read_text()
+        assert subscriber.payloads("stats")[-1]["mqtt_dropped"] >= spooled - 10
+        assert "queue_size" in second.log_path.read_text()
+    finally:
+        subscriber.stop()
+        broker.stop()
