@@ -318,6 +318,26 @@ def test_http_endpoints_and_bad_uploads(tmp_path, mnist_test):
         assert stop(process) == 0
 
 
+def test_a_multipart_body_of_countless_tiny_parts_is_refused_at_once(tmp_path, mnist_test):
+    from tests.test_predict_cli import photo
+
+    process = start(tmp_path)
+    try:
+        wait_http(process)
+        body = b"--b\r\n\r\n\r\n" * 300000 + b"--b--\r\n"  # 2.7 MB of empty parts
+        started = time.monotonic()
+        status, result = post(process.http_port, body, "multipart/form-data; boundary=b")
+        elapsed = time.monotonic() - started
+        assert status == 400 and "too many parts" in result["error"], result
+        assert elapsed < 5, "%.1f s for a refused body" % elapsed
+        png = cv2.imencode(".png", photo(mnist_test[0][7], size=(600, 500)))[1].tobytes()
+        body, content_type = multipart("image", "digit.png", png)
+        status, result = post(process.http_port, body, content_type)
+        assert status == 200 and result["number"] == str(mnist_test[1][7]), "an ordinary upload still works"
+    finally:
+        assert stop(process) == 0
+
+
 def test_http_binds_to_localhost_by_default():
     from daemon import config
 
