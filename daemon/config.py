@@ -221,6 +221,10 @@ SCHEMA = Schema(
                 "max_pixels": Field(int, 40000000, "largest accepted image (decompression bombs)", minimum=1),
                 "stream_fps": Field(float, 10.0, "frame rate of /stream.mjpg", minimum=0.5, maximum=60.0),
                 "max_streams": Field(int, 4, "concurrent /stream.mjpg clients", minimum=1, maximum=64),
+                "max_connections": Field(int, 32, "concurrent HTTP connections (streams included); more are "
+                                         "answered 503 and closed", minimum=1, maximum=1024),
+                "idle_timeout_s": Field(float, 30.0, "close a connection that sends nothing (idle keep-alive, "
+                                        "stalled request) or takes nothing this long", minimum=0.5),
             }
         ),
         "service": Schema(
