@@ -101,6 +101,7 @@ def model_base_dirs(config_path):
 def cmd_run(args):
     from daemon.backends import BackendUnavailable
     from daemon.config import ConfigError
+    from daemon.outbox import SpoolError
     from daemon.service import Service
     from daemon.sources import SourceError
 
@@ -116,6 +117,10 @@ def cmd_run(args):
     service.install_signal_handlers()
     try:
         service.open()
+    except SpoolError as error:
+        log.error("configuration error: %s", error)
+        service.close()
+        return EXIT_CONFIG
     except (BackendUnavailable, SourceError) as error:
         log.error("%s", error)
         service.close()
@@ -125,6 +130,9 @@ def cmd_run(args):
         service.close()
         return EXIT_UNAVAILABLE
     service.run(max_frames=args.max_frames or None)
+    if service.pipeline.input_ended and service.pipeline.source.stats.frames == 0:
+        log.error("%s: no frame could be read", service.pipeline.source.describe())
+        return EXIT_UNAVAILABLE
     return EXIT_OK
 
 

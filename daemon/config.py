@@ -221,12 +221,16 @@ SCHEMA = Schema(
                 "max_pixels": Field(int, 40000000, "largest accepted image (decompression bombs)", minimum=1),
                 "stream_fps": Field(float, 10.0, "frame rate of /stream.mjpg", minimum=0.5, maximum=60.0),
                 "max_streams": Field(int, 4, "concurrent /stream.mjpg clients", minimum=1, maximum=64),
+                "max_connections": Field(int, 32, "concurrent HTTP connections (streams included); more are "
+                                         "answered 503 and closed", minimum=1, maximum=1024),
+                "idle_timeout_s": Field(float, 30.0, "close a connection that sends nothing (idle keep-alive, "
+                                        "stalled request) or takes nothing this long", minimum=0.5),
             }
         ),
         "service": Schema(
             {
                 "health_timeout_s": Field(float, 10.0, "no published frame for this long = unhealthy "
-                                          "(/healthz 503, no systemd watchdog ping)", minimum=0.5),
+                                          "(/healthz 503; no systemd watchdog ping unless the source is being reopened)", minimum=0.5),
             }
         ),
         "mqtt": Schema(
@@ -245,7 +249,8 @@ SCHEMA = Schema(
                 "queue_size": Field(int, 10000, "messages kept while disconnected (oldest dropped)",
                                     minimum=1, maximum=10000000),
                 "spool_path": Field(str, "", "keep unacknowledged messages in this SQLite file across "
-                                    "restarts (e.g. /var/lib/digitd/outbox.sqlite); empty = memory only"),
+                                    "restarts (e.g. /var/lib/digitd/outbox.sqlite); empty = memory only; a corrupt file is "
+                                    "moved aside to <file>.corrupt-<time>, an unwritable place exits 78"),
                 "reconnect_min_s": Field(float, 1.0, "first reconnect delay", minimum=0.1),
                 "reconnect_max_s": Field(float, 60.0, "longest reconnect delay", minimum=0.1),
                 "tls": Schema(
@@ -265,6 +270,21 @@ SCHEMA = Schema(
 
 def _type_name(kind):
     return {str: "a string", int: "an integer", float: "a number", bool: "true or false"}.get(kind, "?")
+
+
+def _value_kind(value):
+    """What YAML made of a value, without the value (for secrets)."""
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    if value is None:
+        return "nothing (null)"
+    return "a %s" % type(value).__name__
 
 
 def _expand_env(value, path, errors):
@@ -297,11 +317,12 @@ def _check_scalar(field, value, path, errors):
         errors.append("%s: expected %s, got %r" % (path, _type_name(kind), value))
         return field.default
     if kind is str and not isinstance(value, str):
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            value = str(value)
-        else:
-            errors.append("%s: expected a string, got %r" % (path, value))
-            return field.default
+        # YAML 1.1 reads unquoted 0123 as 83, 0x1F as 31, 12:30 as 750: converting back would
+        # silently change a password or an id, so the user must quote it.
+        shown = _value_kind(value) if field.secret else "%s %r" % (_value_kind(value), value)
+        errors.append("%s: expected a string, got %s; put it in quotes in the YAML file (YAML converts "
+                      "unquoted numbers, times and dates)" % (path, shown))  # fmt: skip
+        return field.default
     if field.choices is not None and value not in field.choices:
         errors.append("%s: %r is not one of %s" % (path, value, ", ".join(str(c) for c in field.choices)))
         return field.default
@@ -356,30 +377,56 @@ def _join(path, key):
     return "%s.%s" % (path, key) if path else key
 
 
-def _cross_checks(config, errors):
-    if config.roi.mode == "boxes" and not config.roi.boxes:
-        errors.append("roi.boxes: mode boxes needs at least one box")
+def _cross_checks(config, errors, failed=()):
+    """Checks across keys; one is skipped when a key it reads already had an error (its value is
+    then the default, and a follow-up error about it would only mislead)."""
+
+    def check(ok, keys, message):
+        if not ok and not any(
+            k == f or f.startswith(k + "[") or f.startswith(k + ".") for k in keys for f in failed
+        ):
+            errors.append(message)
+
+    roi, source, mqtt = config.roi, config.source, config.mqtt
+    check(
+        roi.mode != "boxes" or roi.boxes,
+        ("roi.mode", "roi.boxes"),
+        "roi.boxes: mode boxes needs at least one box",
+    )
     seen = set()
-    for index, box in enumerate(config.roi.boxes):
-        if not box.id:
-            errors.append("roi.boxes[%d].id: every box needs an id" % index)
-        elif box.id in seen:
-            errors.append("roi.boxes[%d].id: duplicate id %r" % (index, box.id))
+    for index, box in enumerate(roi.boxes):
+        path = "roi.boxes[%d].id" % index
+        check(box.id, (path,), "%s: every box needs an id" % path)
+        check(not box.id or box.id not in seen, (path,), "%s: duplicate id %r" % (path, box.id))
         seen.add(box.id)
-    if config.source.type == "file" and not config.source.path:
-        errors.append("source.path: type file needs a video file")
-    if config.source.type == "images" and not config.source.path:
-        errors.append("source.path: type images needs a folder or glob")
-    if config.source.type in ("rtsp", "uri") and not config.source.uri and not config.source.pipeline:
-        errors.append("source.uri: type %s needs a stream address" % config.source.type)
-    if config.source.reopen_max_delay_s < config.source.reopen_initial_delay_s:
-        errors.append("source.reopen_max_delay_s: smaller than reopen_initial_delay_s")
-    if config.mqtt.reconnect_max_s < config.mqtt.reconnect_min_s:
-        errors.append("mqtt.reconnect_max_s: smaller than reconnect_min_s")
-    if bool(config.mqtt.tls.cert_file) != bool(config.mqtt.tls.key_file):
-        errors.append("mqtt.tls.key_file: cert_file and key_file go together")
-    if not re.match(r"^[^#+/\s]+$", config.device_id):
-        errors.append("device_id: %r must be non-empty without '/', '#', '+' or spaces" % config.device_id)
+    keys = ("source.type", "source.path")
+    check(source.type != "file" or source.path, keys, "source.path: type file needs a video file")
+    check(source.type != "images" or source.path, keys, "source.path: type images needs a folder or glob")
+    check(
+        source.type not in ("rtsp", "uri") or source.uri or source.pipeline,
+        ("source.type", "source.uri", "source.pipeline"),
+        "source.uri: type %s needs a stream address" % source.type,
+    )
+    check(
+        source.reopen_max_delay_s >= source.reopen_initial_delay_s,
+        ("source.reopen_max_delay_s", "source.reopen_initial_delay_s"),
+        "source.reopen_max_delay_s: smaller than reopen_initial_delay_s",
+    )
+    check(
+        mqtt.reconnect_max_s >= mqtt.reconnect_min_s,
+        ("mqtt.reconnect_max_s", "mqtt.reconnect_min_s"),
+        "mqtt.reconnect_max_s: smaller than reconnect_min_s",
+    )
+    check(
+        bool(mqtt.tls.cert_file) == bool(mqtt.tls.key_file),
+        ("mqtt.tls.cert_file", "mqtt.tls.key_file"),
+        "mqtt.tls.key_file: cert_file and key_file go together",
+    )
+    check(
+        re.match(r"^[^#+/\s]+$", config.device_id),
+        ("device_id",),
+        "device_id: %r must be non-empty without '/', '#', '+' or spaces" % config.device_id,
+    )
 
 
 def _read_password_file(config, errors):
@@ -400,8 +447,9 @@ def from_dict(data):
     """Validate a parsed YAML mapping; return the config tree or raise ConfigError."""
     errors = []
     config = _build(SCHEMA, data, "", errors)
-    if not errors:
-        _cross_checks(config, errors)
+    failed = set(e.split(":", 1)[0] for e in errors)
+    _cross_checks(config, errors, failed)
+    if not failed & {"mqtt.password", "mqtt.password_file"}:
         _read_password_file(config, errors)
     if errors:
         raise ConfigError(errors)

@@ -11,6 +11,7 @@ import collections
 import logging
 import os
 import sqlite3
+import time
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,10 @@ class MemoryOutbox(object):
         if self._handed.pop(key, None) is not None:
             self._delete(key)
 
+    durable = False  # True while every message is also on disk
+    spool_failures = 0  # messages that could not be written to the spool (lost on a restart)
+    dropped_at_start = 0  # spooled messages dropped at start to fit a smaller limit
+
     def close(self):
         pass
 
@@ -85,22 +90,40 @@ class MemoryOutbox(object):
         pass
 
 
+class SpoolError(Exception):
+    """The spool file cannot be created or written where ``mqtt.spool_path`` points."""
+
+
 class SqliteOutbox(MemoryOutbox):
-    """The same, mirrored in an SQLite file that survives restarts."""
+    """The same, mirrored in an SQLite file that survives restarts.
+
+    A file SQLite cannot read (corrupt, truncated) is moved aside to
+    ``<path>.corrupt-<time>`` and a fresh spool started; a place that cannot be
+    written raises SpoolError.
+    """
 
     def __init__(self, limit, path):
         MemoryOutbox.__init__(self, limit)
+        self.path = path
         directory = os.path.dirname(os.path.abspath(path))
-        if not os.path.isdir(directory):
-            os.makedirs(directory)
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY, topic TEXT NOT NULL, "
-            "payload BLOB NOT NULL, qos INTEGER NOT NULL, retain INTEGER NOT NULL)"
-        )
-        rows = self._db.execute("SELECT id, topic, payload, qos, retain FROM outbox ORDER BY id").fetchall()
+        try:
+            if not os.path.isdir(directory):
+                os.makedirs(directory)
+        except OSError as exc:
+            raise SpoolError("mqtt.spool_path: cannot create the directory of %s (%s)" % (path, exc)) from exc
+        self._db = None
+        try:
+            rows = self._open(path)
+        except sqlite3.OperationalError as exc:
+            raise SpoolError("mqtt.spool_path: cannot open or write %s (%s)" % (path, exc)) from exc
+        except sqlite3.DatabaseError as exc:
+            self._move_aside(path, exc)
+            try:
+                rows = self._open(path)
+            except sqlite3.DatabaseError as again:
+                raise SpoolError(
+                    "mqtt.spool_path: cannot start a fresh spool %s (%s)" % (path, again)
+                ) from again
         for key, topic, payload, qos, retain in rows:
             self._pending.append((key, Message(topic, bytes(payload), qos, bool(retain))))
         self._next_key = rows[-1][0] if rows else 0
@@ -110,18 +133,86 @@ class SqliteOutbox(MemoryOutbox):
             )
         while len(self) > self.limit:
             self._drop_oldest()
+            self.dropped_at_start += 1
+        if self.dropped_at_start:
+            log.warning("MQTT spool %s: dropped the %d oldest message(s) to fit mqtt.queue_size %d",
+                        path, self.dropped_at_start, limit)  # fmt: skip
+
+    def _open(self, path):
+        """Connect and read every spooled row; the connection is closed again on failure."""
+        db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY, topic TEXT NOT NULL, "
+                "payload BLOB NOT NULL, qos INTEGER NOT NULL, retain INTEGER NOT NULL)"
+            )
+            rows = db.execute("SELECT id, topic, payload, qos, retain FROM outbox ORDER BY id").fetchall()
+        except sqlite3.Error:
+            db.close()
+            raise
+        self._db = db
+        return rows
+
+    @staticmethod
+    def _move_aside(path, error):
+        """Rename an unreadable spool (and its WAL files) so a fresh one can start."""
+        aside = "%s.corrupt-%s" % (path, time.strftime("%Y%m%dT%H%M%S"))
+        try:
+            os.rename(path, aside)
+            for suffix in ("-wal", "-shm"):
+                if os.path.exists(path + suffix):
+                    os.rename(path + suffix, aside + suffix)
+        except OSError as exc:
+            raise SpoolError(
+                "mqtt.spool_path: %s is unreadable (%s) and cannot be moved aside (%s)" % (path, error, exc)
+            ) from exc
+        log.error("MQTT spool %s is corrupt (%s): moved aside to %s; starting a fresh spool; "
+                  "its unsent messages are lost", path, error, aside)  # fmt: skip
+
+    @property
+    def durable(self):
+        return self._db is not None
 
     def _store(self, key, message):
-        self._db.execute(
-            "INSERT INTO outbox (id, topic, payload, qos, retain) VALUES (?, ?, ?, ?, ?)",
-            (key, message.topic, sqlite3.Binary(message.payload), message.qos, int(message.retain)),
-        )
+        if self._db is not None:
+            try:
+                self._db.execute(
+                    "INSERT INTO outbox (id, topic, payload, qos, retain) VALUES (?, ?, ?, ?, ?)",
+                    (key, message.topic, sqlite3.Binary(message.payload), message.qos, int(message.retain)),
+                )
+                return
+            except sqlite3.Error as exc:
+                self._give_up_spool(exc)
+        self.spool_failures += 1
 
     def _delete(self, key):
-        self._db.execute("DELETE FROM outbox WHERE id = ?", (key,))
+        if self._db is None:
+            return
+        try:
+            self._db.execute("DELETE FROM outbox WHERE id = ?", (key,))
+        except sqlite3.Error as exc:
+            self._give_up_spool(exc)
+
+    def _give_up_spool(self, error):
+        """A write failed (disk full, I/O error): carry on in memory, which the base class keeps anyway."""
+        log.error("MQTT spool %s: write failed (%s); keeping messages in memory only until the next start "
+                  "(they are lost if the daemon stops before the broker has them; rows already on disk "
+                  "may be sent again)", self.path, error)  # fmt: skip
+        db, self._db = self._db, None
+        try:
+            db.close()
+        except sqlite3.Error as exc:
+            log.warning("MQTT spool %s: close failed: %s", self.path, exc)
 
     def close(self):
-        self._db.close()
+        db, self._db = self._db, None
+        if db is not None:
+            try:
+                db.close()
+            except sqlite3.Error as exc:
+                log.warning("MQTT spool %s: close failed: %s", self.path, exc)
 
 
 def create_outbox(limit, spool_path=""):

@@ -43,6 +43,12 @@ def crop_confidences(backend, params, crops, lock=None):
     return [0.0 if p is None else postprocess.digit_confidence(p) for p in probabilities]
 
 
+def outside_frame_crop():
+    """An empty PreparedCrop for a ROI with no pixels in the frame."""
+    tensor = np.zeros((preprocess.INPUT_SIZE, preprocess.INPUT_SIZE, 1), preprocess.INPUT_DTYPE)
+    return preprocess.PreparedCrop(tensor, True, "outside the frame")
+
+
 class FrameWork(object):
     """One frame on its way through the stages."""
 
@@ -117,6 +123,8 @@ class PipelineStats(object):
             "mqtt_queue": publisher_stats.pending,
             "mqtt_dropped": publisher_stats.dropped,
             "mqtt_connects": publisher_stats.connects,
+            "mqtt_spool_failures": publisher_stats.spool_failures,
+            "mqtt_last_error": publisher_stats.last_error or None,
             "mqtt_last_outage_s": None
             if publisher_stats.last_reconnect_s is None
             else round(publisher_stats.last_reconnect_s, 2),
@@ -137,6 +145,7 @@ class Pipeline(object):
         self.last_view = None  # (frame, rois, prepared, readings) of the newest published frame
         self.infer_lock = threading.Lock()  # the backend is shared with POST /predict
         self.ready_since = None
+        self.input_ended = False  # the source reached its end (a file), not a stop request
         self._reload_source = None
         self._apply_stage_settings(config)
         self.batcher = DynamicBatcher(
@@ -192,26 +201,48 @@ class Pipeline(object):
         return live, restart
 
     def health(self, timeout_s):
-        """(healthy, detail): frames flow (or the source is reconnecting) and the backend is loaded."""
+        """(healthy, detail): frames are published and the backend is loaded; ``detail["reason"]``
+        says what is wrong, ``detail["alive"]`` whether the loop still works (a source being
+        reopened is unhealthy but alive: the systemd watchdog keeps being pinged)."""
         now = time.monotonic()
         last = self.stats.last_output or self.ready_since
         age = None if last is None else now - last
-        source_state = self.source.stats.state if self.source is not None else "closed"
+        source = self.source
+        source_state = source.stats.state if source is not None else "closed"
         backend_loaded = self.backend is not None
         flowing = age is not None and age <= timeout_s
-        healthy = (
-            backend_loaded and (flowing or source_state == "reconnecting") and not self.stop_event.is_set()
-        )
+        stopping = self.stop_event.is_set()
+        healthy = backend_loaded and flowing and not stopping
+        reason = None
+        if not backend_loaded:
+            reason = "backend not loaded"
+        elif stopping:
+            reason = "stopping"
+        elif not flowing:
+            reason = "nothing published for %s s (limit %s s)" % (
+                "?" if age is None else "%.1f" % age,
+                timeout_s,
+            )
+            if source_state == "reconnecting":
+                reason += "; source %s unavailable, reopening: %s" % (
+                    source.describe(),
+                    source.stats.last_error,
+                )
         detail = {
             "status": "ok" if healthy else "unhealthy",
+            "reason": reason,
+            "alive": backend_loaded and not stopping and (flowing or source_state == "reconnecting"),
             "backend": self.backend.name if backend_loaded else None,
             "source_state": source_state,
             "last_output_age_s": None if age is None else round(age, 3),
             "frames_in": self.stats.frames_in,
             "frames_out": self.stats.frames_out,
-            "dropped_frames": self.source.stats.dropped if self.source is not None else 0,
-            "source_reconnects": self.source.stats.reconnects if self.source is not None else 0,
+            "dropped_frames": source.stats.dropped if source is not None else 0,
+            "source_reconnects": source.stats.reconnects if source is not None else 0,
             "mqtt_connected": bool(self.publisher is not None and self.publisher.stats.connected),
+            "mqtt_last_error": (self.publisher.stats.last_error or None)
+            if self.publisher is not None
+            else None,
         }
         return healthy, detail
 
@@ -234,7 +265,9 @@ class Pipeline(object):
         try:
             self._capture_loop(max_frames)
         finally:
-            self.batcher.put(_EndMarker(), timeout=None)
+            while not self.batcher.put(_EndMarker(), timeout=0.5):
+                if not inference.is_alive():
+                    break
             inference.join()
             self._publish_stats()
         log.info("stopped after %d frames in, %d out", self.stats.frames_in, self.stats.frames_out)
@@ -248,6 +281,7 @@ class Pipeline(object):
             frame = self.source.read(timeout=0.5)
             if frame is None:
                 if self.source.finished:
+                    self.input_ended = True
                     return
                 continue
             try:
@@ -265,8 +299,14 @@ class Pipeline(object):
 
     def _prepare(self, frame):
         rois = self.roi_extractor.extract(frame.image)
-        prepared = [preprocess.prepare(r.crop, self.preprocess_params) for r in rois]
+        prepared = [self._prepare_crop(r.crop) for r in rois]
         return FrameWork(frame, rois, prepared)
+
+    def _prepare_crop(self, crop):
+        # A box clipped away by the frame edge (the ROI stage warns once) reads as no digit.
+        if crop is None or getattr(crop, "size", 0) == 0:
+            return outside_frame_crop()
+        return preprocess.prepare(crop, self.preprocess_params)
 
     # -- inference side ----------------------------------------------------------------------
     def _inference_loop(self):
@@ -277,7 +317,11 @@ class Pipeline(object):
             ended = isinstance(batch[-1], _EndMarker)
             works = [w for w in batch if not isinstance(w, _EndMarker)]
             if works:
-                self._infer_and_publish(works)
+                try:
+                    self._infer_and_publish(works)
+                except Exception:  # noqa: BLE001 - counted; this thread must outlive any batch
+                    self.stats.inference_errors += 1
+                    log.exception("frames %s: inference or publishing failed", [w.frame.index for w in works])
             if ended:
                 return
 
@@ -299,7 +343,11 @@ class Pipeline(object):
             readings = [
                 postprocess.reading_for(r, next(probabilities), self.min_confidence) for r in work.rois
             ]
-            self._publish_frame(work, readings)
+            try:
+                self._publish_frame(work, readings)
+            except Exception:  # noqa: BLE001 - counted; the next frame may succeed
+                self.stats.frame_errors += 1
+                log.exception("frame %d: publishing failed", work.frame.index)
 
     def _publish_frame(self, work, readings):
         frame = work.frame
@@ -345,7 +393,10 @@ class Pipeline(object):
     # -- stats -----------------------------------------------------------------------------
     def _stats_loop(self):
         while not self.stop_event.wait(self.config.stats_interval_s):
-            self._publish_stats()
+            try:
+                self._publish_stats()
+            except Exception:  # noqa: BLE001 - logged; stats must keep coming
+                log.exception("publishing stats failed")
 
     def _publish_stats(self):
         if self.publisher is None or self.source is None:

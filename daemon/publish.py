@@ -10,6 +10,7 @@ reconnects.
 
 import json
 import logging
+import socket
 import ssl
 import threading
 import time
@@ -21,6 +22,9 @@ log = logging.getLogger(__name__)
 ONLINE = "online"
 OFFLINE = "offline"
 MAX_HANDED_TO_PAHO = 64  # messages given to paho and not yet acknowledged
+ERROR_LOG_FIRST_REPEAT_S = 10.0  # the same connection error is logged again after 10 s, 20 s, 40 s ...
+ERROR_LOG_MAX_REPEAT_S = 600.0
+MQTT_ERR_KEEPALIVE = 16  # paho 1.x on_disconnect rc when no packet (e.g. CONNACK) came within keepalive
 
 _CONNACK_REASONS = {
     1: "unacceptable protocol version",
@@ -32,6 +36,51 @@ _CONNACK_REASONS = {
     134: "bad user name or password (check mqtt.username and mqtt.password)",
     135: "not authorised (check mqtt.username and mqtt.password)",
 }
+
+
+def _guarded(callback):
+    """Wrap a paho callback: an exception must not end paho's network thread."""
+
+    def guarded(*args, **kwargs):
+        try:
+            return callback(*args, **kwargs)
+        except Exception:  # noqa: BLE001 - logged; paho would otherwise die silently
+            log.exception("MQTT: %s failed", callback.__name__)
+            return None
+
+    return guarded
+
+
+def _client_class(mqtt, on_connect_error):
+    """paho's Client whose failed connection attempts are reported: paho catches the OSError
+    (refused, timeout, TLS verification) in its network thread and only logs it at DEBUG."""
+
+    class Client(mqtt.Client):
+        def reconnect(self):
+            try:
+                return mqtt.Client.reconnect(self)
+            except OSError as exc:
+                on_connect_error(exc)
+                raise
+
+    return Client
+
+
+def describe_connect_error(exc, host, port):
+    """A short reason for a failed TCP/TLS connection attempt."""
+    where = "%s:%d" % (host, port)
+    if isinstance(exc, ssl.SSLError):
+        detail = getattr(exc, "verify_message", None) or getattr(exc, "reason", None) or str(exc)
+        if "CERTIFICATE_VERIFY_FAILED" in str(exc) or getattr(exc, "verify_message", None):
+            return "TLS certificate verify failed for %s (%s); check mqtt.tls.ca_file" % (where, detail)
+        return "TLS error with %s: %s" % (where, detail)
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused by %s (is the broker running and listening there?)" % where
+    if isinstance(exc, (socket.timeout, TimeoutError)):
+        return "connection to %s timed out" % where
+    if isinstance(exc, socket.gaierror):
+        return "cannot resolve %s (%s)" % (host, exc.strerror or exc)
+    return "cannot connect to %s: %s" % (where, exc.strerror or exc)
 
 
 def encode(payload):
@@ -51,6 +100,7 @@ class PublisherStats(object):
         self.disconnected_since = None  # monotonic time, None while connected
         self.last_reconnect_s = None  # length of the last outage
         self.pending = 0  # messages queued or handed to paho and not yet acknowledged
+        self.spool_failures = 0  # messages the spool could not store (kept in memory only)
 
 
 class MqttPublisher(object):
@@ -61,6 +111,7 @@ class MqttPublisher(object):
         self.device_id = device_id
         self.stats = PublisherStats()
         self._outbox = create_outbox(settings.queue_size, settings.spool_path)
+        self.stats.dropped = self._outbox.dropped_at_start
         self._keys = {}  # paho mid -> outbox key of a handed message
         self._early_acks = set()
         self._ignored_mids = set()  # availability messages sent outside the outbox
@@ -68,6 +119,8 @@ class MqttPublisher(object):
         self._wake = threading.Condition(self._lock)
         self._stop = threading.Event()
         self._overflow_logged = False
+        self._error_logged = None  # (text, monotonic time of the next repeat, interval)
+        self._connack_refused = False
         self._client = None
         self._thread = None
 
@@ -81,10 +134,11 @@ class MqttPublisher(object):
 
         s = self.settings
         client_id = s.client_id or "digitd-%s" % self.device_id
+        client_class = _client_class(mqtt, self._on_connect_error)
         if hasattr(mqtt, "CallbackAPIVersion"):  # paho-mqtt 2.x
-            client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
+            client = client_class(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
         else:  # paho-mqtt 1.x
-            client = mqtt.Client(client_id=client_id, clean_session=True)
+            client = client_class(client_id=client_id, clean_session=True)
         client.enable_logger(logging.getLogger("paho"))
         client.max_inflight_messages_set(MAX_HANDED_TO_PAHO)
         client.max_queued_messages_set(0)
@@ -101,9 +155,9 @@ class MqttPublisher(object):
                 tls_version=ssl.PROTOCOL_TLS_CLIENT,
             )
             client.tls_insecure_set(s.tls.insecure)
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
-        client.on_publish = self._on_publish
+        client.on_connect = _guarded(self._on_connect)
+        client.on_disconnect = _guarded(self._on_disconnect)
+        client.on_publish = _guarded(self._on_publish)
         self._client = client
         self.stats.disconnected_since = time.monotonic()
         client.connect_async(s.host, s.port, keepalive=s.keepalive_s)
@@ -125,9 +179,7 @@ class MqttPublisher(object):
         left = self.pending()
         if left:
             where = (
-                "kept in %s for the next start" % self.settings.spool_path
-                if self.settings.spool_path
-                else "lost"
+                "kept in %s for the next start" % self.settings.spool_path if self._outbox.durable else "lost"
             )
             log.warning("MQTT: %d message(s) not acknowledged at shutdown: %s", left, where)
         if self.stats.connected:
@@ -163,6 +215,7 @@ class MqttPublisher(object):
                                 self.settings.queue_size)  # fmt: skip
                     self._overflow_logged = True
             self.stats.pending = len(self._outbox)
+            self.stats.spool_failures = self._outbox.spool_failures
             self._wake.notify()
 
     def pending(self):
@@ -172,44 +225,83 @@ class MqttPublisher(object):
 
     def _send_loop(self):
         while not self._stop.is_set():
-            with self._wake:
-                while not self._stop.is_set() and not (
-                    self.stats.connected
-                    and self._outbox.pending_count()
-                    and self._outbox.handed_count() < MAX_HANDED_TO_PAHO
-                ):
-                    self._wake.wait(0.5)
-                if self._stop.is_set():
-                    return
-                key, message = self._outbox.take()
-            # Not under our lock: paho calls on_publish with its own lock held.
+            try:
+                self._send_one()
+            except Exception:  # noqa: BLE001 - logged; the sender must keep running
+                log.exception("MQTT: sending failed")
+                self._stop.wait(1.0)
+
+    def _send_one(self):
+        """Hand the oldest pending message to paho once connected and below the in-flight cap."""
+        with self._wake:
+            while not self._stop.is_set() and not (
+                self.stats.connected
+                and self._outbox.pending_count()
+                and self._outbox.handed_count() < MAX_HANDED_TO_PAHO
+            ):
+                self._wake.wait(0.5)
+            if self._stop.is_set():
+                return
+            key, message = self._outbox.take()
+        # Not under our lock: paho calls on_publish with its own lock held.
+        try:
             info = self._client.publish(
                 message.topic, message.payload, qos=message.qos, retain=message.retain
             )
+        except Exception:
             with self._wake:
-                if info.rc != 0 and message.qos == 0:
-                    self._outbox.give_back(key)  # not connected after all: retry later
-                    self._wake.wait(0.1)
-                    continue
-                self.stats.published += 1
-                if info.mid in self._early_acks:
-                    self._early_acks.discard(info.mid)
-                    self._acknowledge(key)
-                else:
-                    self._keys[info.mid] = key
+                self._outbox.give_back(key)
+            raise
+        with self._wake:
+            if info.rc != 0 and message.qos == 0:
+                self._outbox.give_back(key)  # not connected after all: retry later
+                self._wake.wait(0.1)
+                return
+            self.stats.published += 1
+            if info.mid in self._early_acks:
+                self._early_acks.discard(info.mid)
+                self._acknowledge(key)
+            else:
+                self._keys[info.mid] = key
 
     def _acknowledge(self, key):
         self._outbox.ack(key)
         self.stats.acknowledged += 1
         self.stats.pending = len(self._outbox)
+        self.stats.spool_failures = self._outbox.spool_failures
+
+    # -- connection failures ---------------------------------------------------------------
+    def _connect_failed(self, text):
+        """Record why an attempt failed; log a reason once, then again after growing intervals."""
+        now = time.monotonic()
+        with self._lock:
+            self.stats.last_error = text
+            previous = self._error_logged
+            if previous is not None and previous[0] == text and now < previous[1]:
+                return
+            interval = (
+                previous[2] * 2 if previous is not None and previous[0] == text else ERROR_LOG_FIRST_REPEAT_S
+            )
+            interval = min(interval, ERROR_LOG_MAX_REPEAT_S)
+            self._error_logged = (text, now + interval, interval)
+        log.error(
+            "MQTT: %s; retrying with backoff (next report of this error in %.0f s at most)", text, interval
+        )
+
+    def _on_connect_error(self, exc):
+        try:
+            self._connect_failed(describe_connect_error(exc, self.settings.host, self.settings.port))
+        except Exception:  # noqa: BLE001 - called inside paho's network thread
+            log.exception("MQTT: could not report a connection error")
 
     # -- paho callbacks (network thread) --------------------------------------------------
     def _on_connect(self, client, userdata, flags, reason, properties=None):
         code = getattr(reason, "value", reason)
         if code != 0:
             text = _CONNACK_REASONS.get(code, str(reason))
-            self.stats.last_error = "broker refused connection: %s" % text
-            log.error("MQTT: %s (code %s); retrying with backoff", self.stats.last_error, code)
+            self._connack_refused = True
+            self._connect_failed("broker %s:%d refused the connection: %s (code %s)"
+                                 % (self.settings.host, self.settings.port, text, code))  # fmt: skip
             return
         outage = time.monotonic() - (self.stats.disconnected_since or time.monotonic())
         self.stats.connects += 1
@@ -220,6 +312,7 @@ class MqttPublisher(object):
             self._ignored_mids.add(info.mid)
             self.stats.connected = True
             self._overflow_logged = False
+            self._error_logged = None
             self._wake.notify_all()
         log.info("MQTT: connected to %s:%d (after %.1f s)", self.settings.host, self.settings.port, outage)
 
@@ -234,6 +327,17 @@ class MqttPublisher(object):
                 self.stats.disconnected_since = time.monotonic()
         if was_connected and not self._stop.is_set():
             log.warning("MQTT: disconnected (%s); reconnecting", reason)
+        elif not was_connected and not self._stop.is_set():
+            if self._connack_refused:  # already reported by _on_connect
+                self._connack_refused = False
+                return
+            code = getattr(reason, "value", reason)
+            if code == MQTT_ERR_KEEPALIVE or "keep alive" in str(reason).lower():
+                self._connect_failed("no CONNACK from %s:%d within keepalive_s (%d s): is it an MQTT broker?"
+                                     % (self.settings.host, self.settings.port, self.settings.keepalive_s))  # fmt: skip
+            else:
+                self._connect_failed("connection to %s:%d closed before CONNACK (%s)"
+                                     % (self.settings.host, self.settings.port, reason))  # fmt: skip
 
     def _on_publish(self, client, userdata, mid, *args):
         with self._wake:

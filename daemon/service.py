@@ -78,12 +78,13 @@ class Service(object):
         return self
 
     def _watchdog_loop(self):
-        """Ping only while healthy, so a stuck pipeline lets systemd's WatchdogSec expire."""
+        """Ping while the loop works (healthy, or reopening its source), so a stuck pipeline lets
+        systemd's WatchdogSec expire but a camera that is away does not cause restarts."""
         interval = self.notifier.watchdog_interval
         last_status = 0.0
         while not self.pipeline.stop_event.wait(interval):
             healthy, detail = self.pipeline.health(self.pipeline.config.service.health_timeout_s)
-            if healthy:
+            if detail["alive"]:
                 self.notifier.watchdog()
             else:
                 log.warning("unhealthy, withholding the watchdog ping: %s", detail)

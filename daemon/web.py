@@ -8,6 +8,8 @@ its own errors and answers 4xx/5xx.
 import email.parser
 import json
 import logging
+import re
+import socket
 import socketserver
 import threading
 import time
@@ -21,6 +23,7 @@ from daemon.predict import ImageError, decode_image
 log = logging.getLogger(__name__)
 
 BOUNDARY = "digitdframe"
+MAX_MULTIPART_PARTS = 16  # an upload form has one file and perhaps a few fields
 
 
 def annotate(view):
@@ -141,8 +144,40 @@ form.addEventListener('submit', async (event) => {
 
 
 class _Server(socketserver.ThreadingMixIn, HTTPServer):
+    """A thread per connection, at most ``max_connections`` at a time."""
+
     daemon_threads = True
     allow_reuse_address = True
+    BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: 33\r\n"
+            b"Connection: close\r\n\r\n{\"error\": \"too many connections\"}")  # fmt: skip
+
+    def __init__(self, address, handler, max_connections):
+        self._slots = threading.BoundedSemaphore(max_connections)
+        self._busy_logged = False
+        HTTPServer.__init__(self, address, handler)
+
+    def process_request(self, request, client_address):
+        if not self._slots.acquire(blocking=False):
+            if not self._busy_logged:
+                log.warning("HTTP: connection limit reached; answering 503 to new connections")
+                self._busy_logged = True
+            try:
+                request.sendall(self.BUSY)
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        try:
+            socketserver.ThreadingMixIn.process_request(self, request, client_address)
+        except Exception:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address):
+        try:
+            socketserver.ThreadingMixIn.process_request_thread(self, request, client_address)
+        finally:
+            self._slots.release()
 
 
 class WebServer(object):
@@ -161,7 +196,9 @@ class WebServer(object):
         return self._server.server_address[1]
 
     def start(self):
-        server = _Server((self.settings.bind, self.settings.port), _handler_class(self))
+        server = _Server(
+            (self.settings.bind, self.settings.port), _handler_class(self), self.settings.max_connections
+        )
         self._server = server
         self._thread = threading.Thread(
             target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="http"
@@ -192,6 +229,12 @@ class WebServer(object):
 
 def _parse_multipart(content_type, body):
     """Return the bytes of the first file part of a multipart/form-data body."""
+    # The email parser spends seconds of CPU on a body of a million empty parts: count them first.
+    boundary = re.search(r'boundary="?([^";]+)"?', content_type, re.IGNORECASE)
+    if boundary is None:
+        raise ImageError("multipart body without a boundary")
+    if body.count(b"--" + boundary.group(1).strip().encode("latin-1")) > MAX_MULTIPART_PARTS + 1:
+        raise ImageError("too many parts in the multipart body (at most %d)" % MAX_MULTIPART_PARTS)
     message = email.parser.BytesParser().parsebytes(
         b"Content-Type: " + content_type.encode("latin-1") + b"\r\nMIME-Version: 1.0\r\n\r\n" + body
     )
@@ -210,6 +253,7 @@ def _handler_class(web):
     class Handler(BaseHTTPRequestHandler):
         server_version = "digitd"
         protocol_version = "HTTP/1.1"
+        timeout = web.settings.idle_timeout_s  # socket timeout: idle keep-alive connections are closed
 
         def log_message(self, fmt, *args):
             log.debug("http %s: " + fmt, self.client_address[0], *args)
@@ -291,7 +335,7 @@ def _handler_class(web):
                                           % (BOUNDARY, len(data))).encode("ascii") + data + b"\r\n")  # fmt: skip
                         self.wfile.flush()
                     time.sleep(period)
-            except (BrokenPipeError, ConnectionResetError):
+            except (BrokenPipeError, ConnectionResetError, socket.timeout):
                 pass
             finally:
                 web.streams.release()
@@ -322,7 +366,8 @@ def _handler_class(web):
             except ImageError as exc:
                 self._error(400, str(exc))
                 return
-            except (BrokenPipeError, ConnectionResetError):
+            except (BrokenPipeError, ConnectionResetError, socket.timeout):
+                self.close_connection = True
                 return
             except Exception as exc:  # noqa: BLE001
                 log.exception("POST /predict failed")

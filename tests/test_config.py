@@ -106,3 +106,51 @@ def test_unreadable_or_invalid_yaml_is_exit_78(tmp_path):
     broken.write_text("source: [unclosed\n")
     result = run_cli("check-config", "-c", broken)
     assert result.returncode == 78 and "not valid YAML" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "written, parsed",
+    [("0123", "83"), ("0x1F", "31"), ("12:30", "750"), ("1_000", "1000"), ("2024-01-02", "2024-01-02"),
+     ("[hunter, two]", "hunter"), ("0.50", "0.5")],
+)  # fmt: skip
+def test_unquoted_yaml_numbers_are_not_turned_into_secrets_or_ids(tmp_path, written, parsed):
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "device_id: %s\nsource: {type: v4l2}\nmqtt:\n  username: %s\n  password: %s\n"
+        % (written, written, written)
+    )
+    result = run_cli("check-config", "-c", path)
+    assert result.returncode == 78, result.stdout
+    for key in ("device_id", "mqtt.username", "mqtt.password"):
+        line = [e for e in result.stderr.splitlines() if e.strip().startswith(key + ":")]
+        assert line and "quote" in line[0], result.stderr
+    password_line = [e for e in result.stderr.splitlines() if "mqtt.password:" in e][0]
+    assert parsed not in password_line and written not in password_line, "the secret was echoed"
+
+
+def test_quoted_values_stay_strings(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "device_id: '0123'\nsource: {type: v4l2}\nmqtt:\n  password: \"0x1F\"\n  username: '12:30'\n"
+    )
+    loaded = config.load(path)
+    assert (loaded.device_id, loaded.mqtt.password, loaded.mqtt.username) == ("0123", "0x1F", "12:30")
+
+
+def test_cross_checks_are_listed_together_with_field_errors(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "source: {type: webcam}\nroi: {mode: boxes}\nbatching: {max_batch: 0}\n"
+        "mqtt: {reconnect_min_s: 5, reconnect_max_s: 1, port: 0}\n"
+    )
+    result = run_cli("check-config", "-c", path)
+    assert result.returncode == 78
+    errors = [line.strip() for line in result.stderr.splitlines()[1:]]
+    assert "roi.boxes: mode boxes needs at least one box" in errors
+    assert "mqtt.reconnect_max_s: smaller than reconnect_min_s" in errors
+    assert "batching.max_batch: 0 is below the minimum 1" in errors
+    assert any(e.startswith("source.type: 'webcam' is not one of") for e in errors)
+    assert not any(e.startswith("source.path") for e in errors), (
+        "no follow-up error for a type that was wrong"
+    )
+    assert len(errors) == 5, errors

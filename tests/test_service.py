@@ -141,6 +141,36 @@ def test_a_hung_source_stops_the_watchdog_and_fails_healthz(tmp_path):
         notify.close()
 
 
+def test_healthz_is_503_with_the_reason_while_the_source_is_down_but_the_watchdog_keeps_pinging(tmp_path):
+    notify = NotifySocket(tmp_path / "notify.sock")
+    missing = tmp_path / "camera.mp4"
+    process = start(
+        tmp_path, source={"type": "file", "path": str(missing), "wait_for_source": True},
+        extra_env={"NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": "600000"},
+        service={"health_timeout_s": 1.0},
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None and time.monotonic() < deadline, process.log_path.read_text()
+            try:
+                status, _, body = get(process.http_port, "/healthz", timeout=2)
+                break
+            except OSError:
+                time.sleep(0.2)
+        time.sleep(3.0)  # well past health_timeout_s with nothing published
+        status, _, body = get(process.http_port, "/healthz")
+        detail = json.loads(body)
+        assert status == 503, detail
+        assert detail["status"] == "unhealthy" and detail["source_state"] == "reconnecting"
+        assert "source" in detail["reason"] and "does not exist" in detail["reason"], detail
+        pings = notify.times("WATCHDOG=1")
+        assert pings and time.monotonic() - pings[-1] < 1.5, "reconnecting is not hung: keep pinging"
+    finally:
+        assert stop(process) == 0
+        notify.close()
+
+
 def test_sigterm_exits_0_quickly_and_says_offline(tmp_path, broker, subscriber_factory):
     process = start(tmp_path, mqtt={"host": "127.0.0.1", "port": broker.port})
     wait_http(process)
@@ -285,6 +315,47 @@ def test_http_endpoints_and_bad_uploads(tmp_path, mnist_test):
         assert status == 400 and "no file in the upload" in result["error"]
         assert get(process.http_port, "/healthz")[0] == 200, "bad uploads must not hurt the daemon"
     finally:
+        assert stop(process) == 0
+
+
+def test_a_multipart_body_of_countless_tiny_parts_is_refused_at_once(tmp_path, mnist_test):
+    from tests.test_predict_cli import photo
+
+    process = start(tmp_path)
+    try:
+        wait_http(process)
+        body = b"--b\r\n\r\n\r\n" * 300000 + b"--b--\r\n"  # 2.7 MB of empty parts
+        started = time.monotonic()
+        status, result = post(process.http_port, body, "multipart/form-data; boundary=b")
+        elapsed = time.monotonic() - started
+        assert status == 400 and "too many parts" in result["error"], result
+        assert elapsed < 5, "%.1f s for a refused body" % elapsed
+        png = cv2.imencode(".png", photo(mnist_test[0][7], size=(600, 500)))[1].tobytes()
+        body, content_type = multipart("image", "digit.png", png)
+        status, result = post(process.http_port, body, content_type)
+        assert status == 200 and result["number"] == str(mnist_test[1][7]), "an ordinary upload still works"
+    finally:
+        assert stop(process) == 0
+
+
+def test_idle_http_connections_are_closed_and_capped(tmp_path):
+    port = free_port()
+    process = start(tmp_path, http={"port": port, "idle_timeout_s": 1.0, "max_connections": 3})
+    idle = []
+    try:
+        wait_http(process)
+        idle = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(3)]
+        time.sleep(0.3)
+        status, _, body = get(port, "/healthz")
+        assert status == 503 and json.loads(body)["error"] == "too many connections", body
+        for sock in idle:  # the server hangs up on a client that says nothing
+            started = time.monotonic()
+            assert sock.recv(1) == b"", "an idle connection must be closed"
+            assert time.monotonic() - started < 8
+        assert get(port, "/healthz")[0] == 200, "slots are free again"
+    finally:
+        for sock in idle:
+            sock.close()
         assert stop(process) == 0
 
 

@@ -1,5 +1,7 @@
 """Frame sources with real video files and image folders."""
 
+import re
+import struct
 import time
 
 import cv2
@@ -8,6 +10,7 @@ import pytest
 
 from daemon import config
 from daemon.sources import SourceError, create_source
+from tests.conftest import run_daemon, write_config
 
 
 def source_settings(**values):
@@ -129,3 +132,132 @@ def test_csi_without_gstreamer_opencv_says_why():
         pytest.skip("this OpenCV has GStreamer")
     with pytest.raises(SourceError, match="no GStreamer support"):
         create_source(source_settings(type="csi")).start()
+
+
+def _atoms(data, start=0, end=None):
+    end = len(data) if end is None else end
+    while start < end:
+        size, kind = struct.unpack(">I4s", data[start : start + 8])
+        yield kind, start, size
+        start += size
+
+
+def faststart(data):
+    """The same MP4 with its index (moov) before the media data, as cameras and web encoders write it;
+    the chunk offsets in stco are moved by the size of the index."""
+    moov = bytearray(next(data[i : i + n] for kind, i, n in _atoms(data) if kind == b"moov"))
+
+    def shift(start, end):
+        for kind, i, size in _atoms(moov, start, end):
+            if kind in (b"trak", b"mdia", b"minf", b"stbl"):
+                shift(i + 8, i + size)
+            elif kind == b"stco":
+                for n in range(struct.unpack(">I", moov[i + 12 : i + 16])[0]):
+                    at = i + 16 + 4 * n
+                    moov[at : at + 4] = struct.pack(
+                        ">I", struct.unpack(">I", moov[at : at + 4])[0] + len(moov)
+                    )
+
+    shift(8, len(moov))
+    ftyp = next(data[i : i + n] for kind, i, n in _atoms(data) if kind == b"ftyp")
+    rest = b"".join(data[i : i + n] for kind, i, n in _atoms(data) if kind not in (b"ftyp", b"moov"))
+    return ftyp + bytes(moov) + rest
+
+
+def test_a_truncated_video_ends_where_its_data_ends(tmp_path):
+    whole = tmp_path / "whole.mp4"
+    writer = cv2.VideoWriter(str(whole), cv2.VideoWriter_fourcc(*"mp4v"), 30.0, (160, 120))
+    for i in range(240):
+        image = np.full((120, 160, 3), 210, np.uint8)
+        cv2.putText(image, str(i % 10), (50, 95), cv2.FONT_HERSHEY_SIMPLEX, 3, (20, 20, 20), 8)
+        writer.write(image)
+    writer.release()
+    data = faststart(whole.read_bytes())
+    video = tmp_path / "cut.mp4"
+    video.write_bytes(data[: len(data) // 2])  # the index still says 240 frames
+    config_path = write_config(
+        tmp_path / "config.yaml",
+        source={"type": "file", "path": str(video), "loop": False},
+        backend={"type": "onnxruntime"},
+        mqtt={"enabled": False},
+    )
+    process = run_daemon(config_path)
+    try:
+        code = process.wait(90)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+    log = process.log_path.read_text()
+    assert code == 0, log
+    frames_in = int(re.findall(r"stopped after (\d+) frames in", log)[-1])
+    assert 60 < frames_in < 240, log
+    assert "WARNING" in log and "ended early" in log
+    assert "reopening" not in log
+
+
+def test_sigterm_stops_the_daemon_while_it_waits_for_a_missing_file(tmp_path):
+    import signal
+
+    config_path = write_config(
+        tmp_path / "config.yaml",
+        source={"type": "file", "path": str(tmp_path / "not-yet.mp4"), "wait_for_source": True},
+        backend={"type": "onnxruntime"},
+        mqtt={"enabled": False},
+    )
+    process = run_daemon(config_path)
+    try:
+        deadline = time.monotonic() + 60
+        while "waiting for it" not in process.log_path.read_text():
+            assert time.monotonic() < deadline and process.poll() is None, process.log_path.read_text()
+            time.sleep(0.2)
+        time.sleep(2.0)  # a few reopen attempts with growing delays
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(15) == 0, process.log_path.read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+
+
+def test_a_reopened_source_that_is_slow_to_deliver_is_not_dropped_as_stalled(tmp_path, caplog):
+    """Like an RTSP camera: opening takes longer than stall_timeout_s. After one read failure the
+    source is reopened; the fresh handle must get its own stall_timeout_s to deliver."""
+    from daemon.sources.base import FrameSource
+
+    class SlowToOpenCamera(FrameSource):
+        live = True
+        reads = 0
+
+        def describe(self):
+            return "slow camera"
+
+        def _open(self):
+            time.sleep(1.5)
+            self.warming_up = True
+
+        def _read_image(self):
+            type(self).reads += 1
+            if type(self).reads == 10:
+                raise SourceError("camera/stream returned no frame")
+            time.sleep(0.6 if self.warming_up else 0.03)  # the first frame after opening takes a while
+            self.warming_up = False
+            return np.zeros((8, 8, 3), np.uint8)
+
+        def _release(self):
+            pass
+
+    settings = source_settings(type="v4l2", stall_timeout_s=1.0, reopen_initial_delay_s=0.1)
+    source = SlowToOpenCamera(settings).start()
+    try:
+        frames = []
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and len(frames) < 60:
+            frame = source.read(timeout=0.3)
+            if frame is not None:
+                frames.append(frame)
+        assert len(frames) >= 60, "the reopened source was dropped: %s" % caplog.text
+        assert source.stats.reconnects == 1
+        assert "no frame for" not in caplog.text
+    finally:
+        source.close()

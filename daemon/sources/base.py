@@ -73,6 +73,8 @@ class FrameSource(object):
         self._generation = 0
         self._last_delivery = time.monotonic()
         self._next_index = 0
+        self._frames_at_open = 0  # stats.frames when the source was last (re)opened
+        self._next_attempt = None  # monotonic time of the next reopen attempt
 
     # -- to implement -------------------------------------------------------------------
     def describe(self):
@@ -120,7 +122,7 @@ class FrameSource(object):
         """Return the next Frame, or None when nothing arrived in ``timeout`` or the source ended."""
         if self.live:
             return self._take_newest(timeout)
-        return self._read_direct()
+        return self._read_direct(timeout)
 
     @property
     def finished(self):
@@ -140,12 +142,15 @@ class FrameSource(object):
         self.stats.state = "closed"
 
     # -- non-live ----------------------------------------------------------------------------
-    def _read_direct(self):
+    def _read_direct(self, timeout):
         while not self._stop.is_set():
             if self.stats.state == "finished":
                 return None
             if self.stats.state == "reconnecting":
-                self._reopen_blocking()
+                # Return within the timeout so the caller can see its own stop request.
+                self._reopen_blocking(timeout)
+                if self.stats.state == "reconnecting":
+                    return None
                 continue
             try:
                 image = self._read_image()
@@ -155,7 +160,7 @@ class FrameSource(object):
                 self.stats.state = "reconnecting"
                 continue
             if image is None:
-                if self.settings.loop:
+                if self._may_loop():
                     self._restart_file()
                     continue
                 self.stats.state = "finished"
@@ -164,19 +169,35 @@ class FrameSource(object):
             return self._make_frame(image)
         return None
 
+    def _may_loop(self):
+        """Loop only a file that gave frames since it was opened (else it would spin on nothing)."""
+        return self.settings.loop and self.stats.frames > self._frames_at_open
+
     def _restart_file(self):
+        self._frames_at_open = self.stats.frames
         self._release()
         try:
             self._open()
         except SourceError as exc:
             self._note_failure(exc)
             self.stats.state = "reconnecting"
+        else:
+            self._last_delivery = time.monotonic()
 
-    def _reopen_blocking(self):
-        delay = self._backoff.next_delay()
-        if self._stop.wait(delay):
+    def _reopen_blocking(self, timeout=None):
+        """One reopen attempt once the backoff delay has passed; waits at most ``timeout`` s."""
+        now = time.monotonic()
+        if self._next_attempt is None:
+            self._next_attempt = now + self._backoff.next_delay()
+        wait = self._next_attempt - now
+        if timeout is not None and wait > timeout:
+            self._stop.wait(timeout)
             return
+        if wait > 0 and self._stop.wait(wait):
+            return
+        self._next_attempt = None
         self.stats.reconnects += 1
+        self._frames_at_open = self.stats.frames
         try:
             self._release()
             self._open()
@@ -186,6 +207,7 @@ class FrameSource(object):
                         self._backoff.current)  # fmt: skip
             return
         self._backoff.reset()
+        self._last_delivery = time.monotonic()  # the fresh handle gets a full stall_timeout_s
         self.stats.state = "running"
         log.info("%s: reopened", self.describe())
 
@@ -215,7 +237,7 @@ class FrameSource(object):
                 continue
             try:
                 image = self._read_image()
-                if image is None and self.settings.loop:
+                if image is None and self._may_loop():
                     self._restart_file()
                     continue
             except SourceError as exc:

@@ -115,14 +115,13 @@ class CaptureSource(FrameSource):
             self._frames_this_open += 1
             return image
         if self._kind == "file":
-            if self._frames_this_open == 0:
-                raise SourceError("no frame could be read from %s" % self.settings.path)
+            # Reopening a file that ends early would only replay its readable part: it has ended.
             total = capture.get(cv2.CAP_PROP_FRAME_COUNT)
-            if total > 0 and self._frames_this_open < total - 1:
-                raise SourceError(
-                    "read failed at frame %d of %d (file truncated or corrupt)"
-                    % (self._frames_this_open, int(total))
-                )
+            if self._frames_this_open == 0:
+                log.warning("%s: no frame could be read (file truncated or corrupt)", self.describe())
+            elif total > 0 and self._frames_this_open < total - 1:
+                log.warning("%s: ended early, read failed at frame %d of %d (file truncated or corrupt)",
+                            self.describe(), self._frames_this_open, int(total))  # fmt: skip
             return None
         raise SourceError("camera/stream returned no frame")
 
