@@ -299,6 +299,8 @@ def blur_size(blur_kernel, side):
 def prepare(crop, params=None):
     """Crop (gray or BGR, any size, any polarity) -> PreparedCrop with the model tensor."""
     params = params or PreprocessParams()
+    if crop is None or np.asarray(crop).size == 0:
+        return _empty("crop too small")
     gray = to_gray(crop)
     if gray.size == 0 or min(gray.shape) < 4:
         return _empty("crop too small")

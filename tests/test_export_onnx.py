@@ -71,7 +71,7 @@ def test_sidecars_describe_the_shipped_models():
         "dtype": "float32",
         "layout": "NCHW",
     }
-    assert meta["opset"] == 13 and meta["labels"] == [str(d) for d in range(10)]
+    assert meta["opset"] == 13 and meta["labels"] == [str(d) for d in range(10)] + ["not a digit"]
     assert meta["normalisation"]["scale"] == pytest.approx(1 / 255.0)
     assert meta["file_sha256"] == model_meta.sha256_of(MODELS / "digits.onnx")
     assert meta["source_model_sha256"] == model_meta.sha256_of(MODELS / "digits.keras")

@@ -21,6 +21,8 @@ def test_one_epoch_smoke_run_writes_all_outputs(tmp_path):
             "3",
             "--font-variants",
             "1",
+            "--marks",
+            "100",
         ]
     )
     assert train.main(args) == 0
@@ -29,7 +31,9 @@ def test_one_epoch_smoke_run_writes_all_outputs(tmp_path):
     assert (tmp_path / "smoke.train.png").read_bytes()[:4] == b"\x89PNG"
     assert metrics["architecture"] == "digitnet" and metrics["epochs_run"] == 1
     fonts_used = len(metrics["printed_digit_fonts"])
-    assert metrics["training_images"] == 3000 + 10 * fonts_used and metrics["validation_images"] == 1000
+    # MNIST, one printed digit per font and digit, 100 marks and 50 touching pairs ("not a digit")
+    assert metrics["training_images"] == 3000 + 10 * fonts_used + 150 and metrics["validation_images"] == 1000
+    assert metrics["reject_marks"] == 100
     assert metrics["parameters"] > 0 and metrics["flops_per_image"] > 1e6
     # One short epoch leaves BatchNorm statistics unsettled, so test accuracy is noisy;
     # the training accuracy shows the network learned (chance is 0.1).
