@@ -206,7 +206,7 @@ SCHEMA = Schema(
         ),
         "postprocess": Schema(
             {
-                "min_confidence": Field(float, 0.6, "below this a ROI reads as no digit",
+                "min_confidence": Field(float, 0.5, "below this a ROI reads as no digit (0.5: the digit is likelier than all else together)",
                                         minimum=0.0, maximum=1.0, live=True),
                 "smoothing_frames": Field(int, 5, "majority vote over the last N frames per ROI",
                                           minimum=1, maximum=1000, live=True),

@@ -167,13 +167,13 @@ def failure_image(photo, result, scored, width=640):
         x, y, w, h = [int(v * scale) for v in box]
         cv2.rectangle(image, (x, y), (x + w, y + h), (0, 0, 230), 2)
         cv2.putText(image, caption, (x, y + h + 14), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 230), 2)
-    label = "%s: %d/81 cells right%s" % (
+    label = "%s: %d/81 cells right%s  (red: read/true; outline green: true, blue: found)" % (
         photo.path.name,
         scored["cells_right"],
         "" if scored["located"] else ", grid NOT located",
     )
     canvas = cv2.copyMakeBorder(image, 0, 30, 0, 0, cv2.BORDER_CONSTANT, value=(255, 255, 255))
-    cv2.putText(canvas, label, (6, canvas.shape[0] - 9), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 200), 2)
+    cv2.putText(canvas, label, (6, canvas.shape[0] - 10), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (0, 0, 200), 1)
     return canvas
 
 
