@@ -25,7 +25,12 @@ class ImageError(Exception):
 
 
 def image_dimensions(data):
-    """(width, height) from a PNG/JPEG/BMP/GIF header, or None when the format is not parsed here."""
+    """(width, height) from the header of a PNG, JPEG, BMP, GIF, WebP, TIFF or PNM image, or
+    None when the format is not one of these (or its header is cut short)."""
+    for reader in (_webp_dimensions, _tiff_dimensions, _pnm_dimensions):
+        found = reader(data)
+        if found is not None:
+            return found
     if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24:
         return struct.unpack(">II", data[16:24])
     if data[:2] == b"BM" and len(data) >= 26:
@@ -47,6 +52,63 @@ def image_dimensions(data):
                 height, width = struct.unpack(">HH", data[offset + 5 : offset + 9])
                 return width, height
             offset += 2 + length
+    return None
+
+
+def _webp_dimensions(data):
+    if data[:4] != b"RIFF" or data[8:12] != b"WEBP" or len(data) < 30:
+        return None
+    chunk = data[12:16]
+    if chunk == b"VP8 " and data[23:26] == b"\x9d\x01\x2a":
+        width, height = struct.unpack("<HH", data[26:30])
+        return width & 0x3FFF, height & 0x3FFF
+    if chunk == b"VP8L" and data[20:21] == b"\x2f":
+        bits = struct.unpack("<I", data[21:25])[0]
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    if chunk == b"VP8X":
+        width = int.from_bytes(data[24:27], "little") + 1
+        height = int.from_bytes(data[27:30], "little") + 1
+        return width, height
+    return None
+
+
+def _tiff_dimensions(data):
+    """Width and height of the first image of a TIFF (tags 256 and 257 of its first IFD)."""
+    if data[:4] not in (b"II*\x00", b"MM\x00*") or len(data) < 8:
+        return None
+    order = "<" if data[:2] == b"II" else ">"
+    offset = struct.unpack(order + "I", data[4:8])[0]
+    if offset + 2 > len(data):
+        return None
+    count = struct.unpack(order + "H", data[offset : offset + 2])[0]
+    sizes = {}
+    for index in range(count):
+        entry = offset + 2 + 12 * index
+        if entry + 12 > len(data):
+            break
+        tag, kind = struct.unpack(order + "HH", data[entry : entry + 4])
+        if tag in (256, 257):
+            value = data[entry + 8 : entry + 12]
+            sizes[tag] = struct.unpack(
+                order + ("H" if kind == 3 else "I"), value[:2] if kind == 3 else value
+            )[0]
+    if 256 in sizes and 257 in sizes:
+        return sizes[256], sizes[257]
+    return None
+
+
+def _pnm_dimensions(data):
+    """Width and height from a PBM/PGM/PPM header (P1-P6): magic, then two numbers, comments allowed."""
+    if len(data) < 3 or data[:1] != b"P" or data[1:2] not in b"123456":
+        return None
+    numbers = []
+    for line in data[2:512].split(b"\n"):
+        numbers.extend(line.split(b"#")[0].split())
+        if len(numbers) >= 2:
+            try:
+                return int(numbers[0]), int(numbers[1])
+            except ValueError:
+                return None
     return None
 
 
@@ -101,14 +163,18 @@ def decode_image(data, max_pixels=MAX_PIXELS):
     if not data:
         raise ImageError("empty input")
     dims = image_dimensions(data)
-    if dims is not None:
-        width, height = dims
-        if width <= 0 or height <= 0:
-            raise ImageError("image header says %dx%d pixels" % (width, height))
-        if width * height > max_pixels:
-            raise ImageError(
-                "image of %dx%d pixels exceeds the limit of %d pixels" % (width, height, max_pixels)
-            )
+    if dims is None:
+        # OpenCV also decodes JPEG 2000, OpenEXR, Radiance HDR and more; their size cannot be
+        # read here first, and a few kilobytes of them can decode into gigabytes
+        raise ImageError(
+            "not a decodable image: unsupported format or unreadable header (read: PNG, JPEG, BMP, "
+            "GIF, WebP, TIFF, PNM, whose size is checked before decoding)"
+        )
+    width, height = dims
+    if width <= 0 or height <= 0:
+        raise ImageError("image header says %dx%d pixels" % (width, height))
+    if width * height > max_pixels:
+        raise ImageError("image of %dx%d pixels exceeds the limit of %d pixels" % (width, height, max_pixels))
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if image is None or image.size == 0:
         raise ImageError("not a decodable image (corrupt, truncated or unsupported format)")
@@ -126,6 +192,9 @@ class ImageReader(object):
         self.params = preprocess_params
         self.min_confidence = min_confidence
         self.backend = None
+        # held around backend calls only (the daemon's camera shares the backend): decoding and
+        # preprocessing an upload must not stall the camera
+        self.lock = None
 
     @classmethod
     def from_config(cls, config, base_dirs):
@@ -176,9 +245,15 @@ class ImageReader(object):
         """Read a decoded image: ``center`` (one digit), ``segment`` (numbers) or ``grid`` (9x9)."""
         gray = preprocess.to_gray(image)
         height, width = gray.shape[:2]
+        # A 40-megapixel upload is read at most MAX_READ_SIDE px wide: no mode needs more (the
+        # grid is searched at 800 px, numbers at 960 px, a crop at 128 px); boxes are scaled back.
+        scale = min(1.0, float(MAX_READ_SIDE) / max(gray.shape[:2]))
+        if scale < 1.0:
+            gray = cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+        height, width = gray.shape[:2]
         if roi_mode == "segment":
             extractor = roi.SegmentRoi(
-                classifier=lambda crops: crop_confidences(self.backend, self.params, crops)
+                classifier=lambda crops: crop_confidences(self.backend, self.params, crops, self.lock)
             )
         elif roi_mode == "grid":
             extractor = roi.GridRoi()
@@ -190,7 +265,8 @@ class ImageReader(object):
         else:
             regions = extractor.extract(gray)
         prepared = [preprocess.prepare(r.crop, self.params) for r in regions]
-        rows = infer_prepared(self.backend, prepared)
+        with self._backend_turn():
+            rows = infer_prepared(self.backend, prepared)
         if roi_mode == "grid":
             regions, rows = self._upright_grid(regions, prepared, rows)
         readings = [postprocess.reading_for(r, row, self.min_confidence) for r, row in zip(regions, rows)]
@@ -209,7 +285,15 @@ class ImageReader(object):
                                 for r in readings if r.digit is not None]  # fmt: skip
             result["number"] = None
             result["outline"] = None if outline is None else [[round(x, 1), round(y, 1)] for x, y in outline]
+        if scale < 1.0:
+            for digit in result["digits"]:
+                digit["box"] = [int(round(v / scale)) for v in digit["box"]]
+            if result.get("outline") is not None:
+                result["outline"] = [[round(x / scale, 1), round(y / scale, 1)] for x, y in result["outline"]]
         return result
+
+    def _backend_turn(self):
+        return self.lock if self.lock is not None else _NO_LOCK
 
     def _upright_grid(self, regions, prepared, rows):
         """The grid's cells and probabilities turned so its digits stand upright.
@@ -223,7 +307,8 @@ class ImageReader(object):
         tensors = np.stack([prepared[i].tensor for i in filled])
         best_turn, best_score, best_rows = 0, _mean_confidence(rows[i] for i in filled), None
         for turn in (1, 2, 3):
-            turned = self.backend.infer_all(np.ascontiguousarray(np.rot90(tensors, turn, axes=(1, 2))))
+            with self._backend_turn():
+                turned = self.backend.infer_all(np.ascontiguousarray(np.rot90(tensors, turn, axes=(1, 2))))
             score = _mean_confidence(turned)
             if score > best_score + UPRIGHT_MARGIN:
                 best_turn, best_score, best_rows = turn, score, turned
@@ -245,6 +330,18 @@ class ImageReader(object):
         return [turned_regions[i] for i in order], [rows[i] for i in order]
 
 
+MAX_READ_SIDE = 2000
+
+
+class _NoLock(object):
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        return False
+
+
+_NO_LOCK = _NoLock()
 # A turned grid must read this much more confidently (mean top probability) to win.
 UPRIGHT_MARGIN = 0.05
 

@@ -24,6 +24,11 @@ log = logging.getLogger(__name__)
 
 BOUNDARY = "digitdframe"
 MAX_MULTIPART_PARTS = 16  # an upload form has one file and perhaps a few fields
+MAX_CONCURRENT_UPLOADS = 2  # more are answered 503 with Retry-After: the camera comes first
+
+
+class UploadsBusy(Exception):
+    """As many uploads as allowed are being read already."""
 
 
 def annotate(view):
@@ -187,6 +192,7 @@ class WebServer(object):
         self.settings = settings
         self.pipeline = pipeline
         self.streams = threading.BoundedSemaphore(settings.max_streams)
+        self.uploads = threading.BoundedSemaphore(MAX_CONCURRENT_UPLOADS)
         self.stopping = threading.Event()
         self._server = None
         self._thread = None
@@ -222,9 +228,17 @@ class WebServer(object):
         return None if view is None else encode_jpeg(annotate(view))
 
     def predict(self, data):
-        image = decode_image(data, max_pixels=self.settings.max_pixels)
-        with self.pipeline.infer_lock:
-            return reader_for(self.pipeline).read_image(image)
+        """Read an upload. At most MAX_CONCURRENT_UPLOADS at once (UploadsBusy beyond), and the
+        backend is held only while it runs, so the camera keeps its frame rate."""
+        if not self.uploads.acquire(False):
+            raise UploadsBusy("%d uploads are being read; try again shortly" % MAX_CONCURRENT_UPLOADS)
+        try:
+            image = decode_image(data, max_pixels=self.settings.max_pixels)
+            reader = reader_for(self.pipeline)
+            reader.lock = self.pipeline.infer_lock
+            return reader.read_image(image)
+        finally:
+            self.uploads.release()
 
 
 def _parse_multipart(content_type, body):
@@ -273,8 +287,8 @@ def _handler_class(web):
             if self.command != "HEAD":
                 self.wfile.write(body)
 
-        def _error(self, status, message):
-            self._send(status, {"error": message})
+        def _error(self, status, message, headers=None):
+            self._send(status, {"error": message}, extra=headers)
 
         def do_GET(self):  # noqa: N802 - http.server's naming
             path = self.path.split("?", 1)[0]
@@ -363,6 +377,9 @@ def _handler_class(web):
                 content_type = self.headers.get("Content-Type", "")
                 data = _parse_multipart(content_type, body) if content_type.startswith("multipart/") else body
                 result = web.predict(data)
+            except UploadsBusy as exc:
+                self._error(503, str(exc), {"Retry-After": "1"})
+                return
             except ImageError as exc:
                 self._error(400, str(exc))
                 return

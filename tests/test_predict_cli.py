@@ -139,3 +139,31 @@ def test_marks_that_are_not_digits_read_as_no_digit(tmp_path):
 def test_a_box_corner_reads_as_no_digit(tmp_path):
     (output,) = read_marks(tmp_path, ["box corner"])
     assert output["number"] is None
+
+
+def test_decompression_bombs_in_any_format_are_refused_before_decoding():
+    """A 2 KB lossless WebP or a TIFF of 7000 x 7000 uniform pixels (49 megapixels, over the
+    40 MP limit) is refused from its header, in microseconds, before OpenCV allocates it; a
+    format whose size cannot be read first (JPEG 2000) is refused outright."""
+    import time
+
+    from daemon.predict import ImageError, decode_image
+
+    big = np.full((7000, 7000), 200, np.uint8)
+    bombs = {
+        "webp": cv2.imencode(".webp", big, [cv2.IMWRITE_WEBP_QUALITY, 101])[1].tobytes(),
+        "tiff": cv2.imencode(".tiff", big)[1].tobytes(),
+        "pgm": b"P5\n# a comment\n7000 7000\n255\n" + b"\x00" * 100,
+    }
+    del big
+    assert len(bombs["webp"]) < 10000
+    for name, data in bombs.items():
+        started = time.perf_counter()
+        with pytest.raises(ImageError, match="7000x7000 pixels exceeds the limit"):
+            decode_image(data)
+        assert time.perf_counter() - started < 0.5, name
+    small = np.zeros((40, 60), np.uint8)
+    for extension in (".webp", ".tiff", ".pgm"):
+        assert decode_image(cv2.imencode(extension, small)[1].tobytes()).shape[:2] == (40, 60)
+    with pytest.raises(ImageError, match="unsupported format"):
+        decode_image(cv2.imencode(".jp2", small)[1].tobytes())

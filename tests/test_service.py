@@ -414,3 +414,43 @@ def test_upload_page_in_headless_chromium(tmp_path, mnist_test, chromium):
             cv2.imwrite(str(ROOT / "docs" / "snapshot.png"), cv2.imdecode(np.frombuffer(body, np.uint8), 1))
     finally:
         assert stop(process) == 0
+
+
+def test_a_burst_of_big_uploads_gets_503_beyond_two_and_the_camera_keeps_publishing(tmp_path, mnist_test):
+    """Eight 24-megapixel uploads at once: two are read, the rest are told to come back
+    (503, Retry-After), and the camera's frames keep being published meanwhile (the backend
+    is held only while it runs, not while an upload is decoded and prepared)."""
+    from tests.test_predict_cli import photo
+
+    process = start(tmp_path, http={"port": free_port(), "max_body_bytes": 30000000})
+    try:
+        wait_http(process)
+        big = cv2.resize(photo(mnist_test[0][0]), (5600, 4200))
+        body = cv2.imencode(".jpg", big, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
+        frames_before = json.loads(get(process.http_port, "/healthz")[2])["frames_out"]
+        answers = []
+
+        def upload():
+            connection = http.client.HTTPConnection("127.0.0.1", process.http_port, timeout=120)
+            connection.request("POST", "/predict", body, {"Content-Type": "image/jpeg"})
+            response = connection.getresponse()
+            answers.append((response.status, response.getheader("Retry-After"), json.loads(response.read())))
+            connection.close()
+
+        threads = [threading.Thread(target=upload) for _ in range(8)]
+        started = time.monotonic()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(150)
+        elapsed = time.monotonic() - started
+        frames_after = json.loads(get(process.http_port, "/healthz")[2])["frames_out"]
+        statuses = sorted(status for status, _, _ in answers)
+        assert len(answers) == 8 and set(statuses) <= {200, 503}, answers
+        assert 1 <= statuses.count(200) <= 7 and statuses.count(503) >= 1, statuses
+        busy = [a for a in answers if a[0] == 503]
+        assert all(retry == "1" and "try again" in result["error"] for _, retry, result in busy)
+        # the file source is paced at its own 30 fps: a camera starved by uploads would stall
+        assert frames_after - frames_before >= 5 * elapsed, (frames_before, frames_after, elapsed)
+    finally:
+        assert stop(process) == 0
