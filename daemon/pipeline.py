@@ -43,12 +43,6 @@ def crop_confidences(backend, params, crops, lock=None):
     return [0.0 if p is None else postprocess.digit_confidence(p) for p in probabilities]
 
 
-def outside_frame_crop():
-    """An empty PreparedCrop for a ROI with no pixels in the frame."""
-    tensor = np.zeros((preprocess.INPUT_SIZE, preprocess.INPUT_SIZE, 1), preprocess.INPUT_DTYPE)
-    return preprocess.PreparedCrop(tensor, True, "outside the frame")
-
-
 class FrameWork(object):
     """One frame on its way through the stages."""
 
@@ -299,14 +293,9 @@ class Pipeline(object):
 
     def _prepare(self, frame):
         rois = self.roi_extractor.extract(frame.image)
-        prepared = [self._prepare_crop(r.crop) for r in rois]
+        # a box clipped away by the frame edge (the ROI stage warns once) prepares as empty
+        prepared = [preprocess.prepare(r.crop, self.preprocess_params) for r in rois]
         return FrameWork(frame, rois, prepared)
-
-    def _prepare_crop(self, crop):
-        # A box clipped away by the frame edge (the ROI stage warns once) reads as no digit.
-        if crop is None or getattr(crop, "size", 0) == 0:
-            return outside_frame_crop()
-        return preprocess.prepare(crop, self.preprocess_params)
 
     # -- inference side ----------------------------------------------------------------------
     def _inference_loop(self):

@@ -74,27 +74,35 @@ def _webp_dimensions(data):
 
 def _tiff_dimensions(data):
     """Width and height of the first image of a TIFF (tags 256 and 257 of its first IFD)."""
-    if data[:4] not in (b"II*\x00", b"MM\x00*") or len(data) < 8:
+    if data[:4] not in (b"II*\x00", b"MM\x00*"):
         return None
-    order = "<" if data[:2] == b"II" else ">"
-    offset = struct.unpack(order + "I", data[4:8])[0]
-    if offset + 2 > len(data):
-        return None
-    count = struct.unpack(order + "H", data[offset : offset + 2])[0]
-    sizes = {}
+    tags = _first_ifd(data)
+    if 256 in tags and 257 in tags:
+        return tags[256], tags[257]
+    return None
+
+
+def _first_ifd(tiff):
+    """{tag: value} of the SHORT and LONG entries of a TIFF's first IFD (a TIFF file, or the
+    TIFF inside a JPEG's EXIF segment); {} when it cannot be read."""
+    if len(tiff) < 8 or tiff[:2] not in (b"II", b"MM"):
+        return {}
+    order = "<" if tiff[:2] == b"II" else ">"
+    offset = struct.unpack(order + "I", tiff[4:8])[0]
+    if offset + 2 > len(tiff):
+        return {}
+    count = struct.unpack(order + "H", tiff[offset : offset + 2])[0]
+    tags = {}
     for index in range(count):
         entry = offset + 2 + 12 * index
-        if entry + 12 > len(data):
+        if entry + 12 > len(tiff):
             break
-        tag, kind = struct.unpack(order + "HH", data[entry : entry + 4])
-        if tag in (256, 257):
-            value = data[entry + 8 : entry + 12]
-            sizes[tag] = struct.unpack(
-                order + ("H" if kind == 3 else "I"), value[:2] if kind == 3 else value
-            )[0]
-    if 256 in sizes and 257 in sizes:
-        return sizes[256], sizes[257]
-    return None
+        tag, kind = struct.unpack(order + "HH", tiff[entry : entry + 4])
+        if kind == 3:  # SHORT: the value sits in the first two bytes of the field
+            tags[tag] = struct.unpack(order + "H", tiff[entry + 8 : entry + 10])[0]
+        elif kind == 4:  # LONG
+            tags[tag] = struct.unpack(order + "I", tiff[entry + 8 : entry + 12])[0]
+    return tags
 
 
 def _pnm_dimensions(data):
@@ -129,22 +137,8 @@ def exif_orientation(data):
 
 
 def _tiff_orientation(tiff):
-    if len(tiff) < 8 or tiff[:2] not in (b"II", b"MM"):
-        return 1
-    order = "<" if tiff[:2] == b"II" else ">"
-    ifd = struct.unpack(order + "I", tiff[4:8])[0]
-    if ifd + 2 > len(tiff):
-        return 1
-    count = struct.unpack(order + "H", tiff[ifd : ifd + 2])[0]
-    for index in range(count):
-        entry = ifd + 2 + 12 * index
-        if entry + 12 > len(tiff):
-            break
-        tag = struct.unpack(order + "H", tiff[entry : entry + 2])[0]
-        if tag == 0x0112:
-            value = struct.unpack(order + "H", tiff[entry + 8 : entry + 10])[0]
-            return value if 1 <= value <= 8 else 1
-    return 1
+    value = _first_ifd(tiff).get(0x0112, 1)
+    return value if 1 <= value <= 8 else 1
 
 
 def apply_orientation(image, orientation):

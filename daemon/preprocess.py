@@ -141,13 +141,6 @@ def _ink_bright(gray, params):
     return cv2.morphologyEx(gray, cv2.MORPH_TOPHAT if bright else cv2.MORPH_BLACKHAT, kernel)
 
 
-def auto_ink_bright(gray, region=False):
-    """``gray`` with ink bright, polarity guessed by ``ink_is_bright`` (a crop) or
-    ``region_ink_is_bright`` (a page, a frame)."""
-    bright = region_ink_is_bright(gray) if region else ink_is_bright(gray)
-    return gray if bright else cv2.bitwise_not(gray)
-
-
 def _shrunk(gray, longest):
     if max(gray.shape) <= longest:
         return gray
@@ -300,7 +293,7 @@ def prepare(crop, params=None):
     """Crop (gray or BGR, any size, any polarity) -> PreparedCrop with the model tensor."""
     params = params or PreprocessParams()
     if crop is None or np.asarray(crop).size == 0:
-        return _empty("crop too small")
+        return _empty("no pixels (a box outside the frame)")
     gray = to_gray(crop)
     if gray.size == 0 or min(gray.shape) < 4:
         return _empty("crop too small")

@@ -96,13 +96,17 @@ def _region_gray(image, region):
     return gray[y : y + h, x : x + w], x, y
 
 
-def _ink_mask(gray, block_fraction=0.08, offset=12):
-    """Binary mask of ink (dark on light or light on dark) with local (adaptive) thresholding."""
+def _ink_mask(gray, block_fraction=0.08, offset=12, ink_bright=None):
+    """Binary mask of ink (dark on light or light on dark) with local (adaptive) thresholding;
+    ``ink_bright`` None: the polarity is judged here (``preprocess.region_ink_is_bright``)."""
     import cv2
 
-    from daemon.preprocess import auto_ink_bright
+    from daemon.preprocess import region_ink_is_bright
 
-    gray = auto_ink_bright(gray, region=True)
+    if ink_bright is None:
+        ink_bright = region_ink_is_bright(gray)
+    if not ink_bright:
+        gray = cv2.bitwise_not(gray)
     block = max(15, int(min(gray.shape) * block_fraction) | 1)
     blurred = cv2.GaussianBlur(gray, (5, 5), 0)
     return cv2.adaptiveThreshold(blurred, 255, cv2.ADAPTIVE_THRESH_MEAN_C, cv2.THRESH_BINARY, block, -offset)
@@ -254,8 +258,8 @@ class SegmentRoi(object):
         """(split, [whole confidence] + part confidences) for the cuts the classifier reads best.
 
         Touching digits are cut at the thinnest column near where a cut is expected, but the
-        thinnest column is often inside a digit (the waist of an 8): cuts shifted by up to a
-        fifth of a digit either way are tried too, in one batch, and the set whose worst part
+        thinnest column is often inside a digit (the waist of an 8): cuts shifted by up to two
+        fifths of a digit either way are tried too, in one batch, and the set whose worst part
         reads best is kept."""
         import itertools
 
@@ -396,19 +400,20 @@ class SegmentRoi(object):
 
 GRID_WORK_SIZE = 800  # the grid is searched for in a copy whose longer side is at most this
 GRID_MIN_AREA = 0.04  # smallest grid, as a share of the searched image
-GRID_MIN_SCORE = 0.45
+GRID_MIN_SCORE = 0.45  # line coverage less cell fill below which a quadrilateral is no grid
 # Refined corners replace the found ones only when the score rises this much: a small gain
 # is the score's own noise, and the outline of a clean grid is already as good as it gets.
 GRID_REFINE_GAIN = 0.03
 GRID_CELL_SLACK = 0.12  # a digit's box may overrun its cell by this share (warp, curved paper)
-GRID_DIGIT_MIN_HEIGHT = 0.25  # a digit in a grid cell is at least this share of the cell tall (or wide)  # line coverage less cell fill below which a quadrilateral is no grid
+GRID_DIGIT_MIN_HEIGHT = 0.25  # a digit in a grid cell is at least this share of the cell tall (or wide)
 
 
-def _long_lines(mask):
-    """Only the long straight strokes of a mask (frames, ruled lines), text removed."""
+def _long_lines(mask, length=None):
+    """Only the horizontal and vertical strokes of a mask at least ``length`` long (default:
+    a 25th of its shorter side): frames, ruled lines, grid lines; text removed."""
     import cv2
 
-    length = max(9, min(mask.shape) // 25)
+    length = length or max(9, min(mask.shape) // 25)
     horizontal = cv2.morphologyEx(
         mask, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_RECT, (length, 1))
     )
@@ -457,6 +462,15 @@ def _hull_of_cell_groups(lines, min_area):
             if cv2.contourArea(hull) >= min_area:
                 hulls.append(hull)
     return hulls
+
+
+def _blank_paper(crop, mask):
+    """``crop`` filled with its paper's median grey (the pixels off ``mask``): a cell without a digit."""
+    import numpy as np
+
+    paper_pixels = crop[mask == 0]
+    crop[:] = int(np.median(paper_pixels)) if paper_pixels.size else int(np.median(crop))
+    return crop
 
 
 def _order_corners(points):
@@ -625,6 +639,8 @@ class GridRoi(object):
         import cv2
         import numpy as np
 
+        from daemon.preprocess import region_ink_is_bright
+
         gray, ox, oy = _region_gray(image, self.region)
         if gray.size == 0:
             return [], None
@@ -643,10 +659,8 @@ class GridRoi(object):
         target = np.float32([[0, 0], [size[0] - 1, 0], [size[0] - 1, size[1] - 1], [0, size[1] - 1]])
         warp = cv2.getPerspectiveTransform(corners, target)
         flat = cv2.warpPerspective(gray, warp, size, flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REPLICATE)
-        from daemon.preprocess import region_ink_is_bright
-
         ink_bright = region_ink_is_bright(flat)
-        mask, labels, stats = self._digit_components(flat)
+        mask, labels, stats = self._digit_components(flat, ink_bright)
         inverse = np.linalg.inv(warp)
         rois = []
         cell = self.cell_px
@@ -660,27 +674,19 @@ class GridRoi(object):
                 rois.append(Roi("r%dc%d" % (row, col), box, crop, row, (row, col)))
         return rois, outline
 
-    def _digit_components(self, flat):
+    def _digit_components(self, flat, ink_bright):
         """(ink mask, component labels, component stats) of the flat grid without its lines."""
         import cv2
-        import numpy as np
 
-        mask = _ink_mask(flat, block_fraction=0.05, offset=8)
-        length = int(self.cell_px * 1.5)
-        horizontal = cv2.morphologyEx(
-            mask, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_RECT, (length, 1))
-        )
-        vertical = cv2.morphologyEx(
-            mask, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_RECT, (1, length))
-        )
-        lines = cv2.dilate(cv2.bitwise_or(horizontal, vertical), np.ones((3, 3), np.uint8))
+        mask = _ink_mask(flat, block_fraction=0.05, offset=8, ink_bright=ink_bright)
+        lines = _long_lines(mask, int(self.cell_px * 1.5))
         strokes = cv2.bitwise_and(mask, cv2.bitwise_not(lines))
         _, labels, stats, _ = cv2.connectedComponentsWithStats(strokes, connectivity=8)
         return mask, labels, stats
 
     def _cell_crop(self, flat, mask, labels, stats, x0, y0, ink_bright=False):
-        """The cell with only its digit's ink left: the biggest component whose box is centred in
-        the cell, lies inside it and is tall enough to be a digit, with the pieces inside its box
+        """The cell with only its digit's ink left: the components whose box is centred in the
+        cell, lies inside it and is tall enough to be a digit, with the pieces inside their box
         (a broken stroke). Grid-line remnants, specks and a neighbour's overhang are painted as paper;
         a cell without such a component comes out as blank paper."""
         import cv2
@@ -692,24 +698,21 @@ class GridRoi(object):
         x, y, w, h = stats[1:, 0], stats[1:, 1], stats[1:, 2], stats[1:, 3]
         touching = (x < x0 + cell) & (x + w > x0) & (y < y0 + cell) & (y + h > y0)
         present = [int(i) + 1 for i in np.flatnonzero(touching)]
-        candidates = []
+        core = []
         slack = GRID_CELL_SLACK * cell
         for index in present:
-            x, y, w, h, area = stats[index]
+            x, y, w, h, _ = stats[index]
             # the longer side, not the height: in a photo taken sideways a 1 lies flat
             if (max(w, h) >= GRID_DIGIT_MIN_HEIGHT * cell and h <= 0.95 * cell and w <= 0.95 * cell
                     and abs(x + w / 2.0 - centre_x) <= 0.25 * cell and abs(y + h / 2.0 - centre_y) <= 0.25 * cell
                     # a digit is printed inside its cell; a grid line the warp missed runs on
                     and x >= x0 - slack and y >= y0 - slack
                     and x + w <= x0 + cell + slack and y + h <= y0 + cell + slack):  # fmt: skip
-                candidates.append((area, index))
-        core = [index for _, index in candidates]
+                core.append(index)
         crop = flat[y0 : y0 + cell, x0 : x0 + cell].copy()
-        paper_pixels = crop[mask[y0 : y0 + cell, x0 : x0 + cell] == 0]
-        paper = int(np.median(paper_pixels)) if paper_pixels.size else int(np.median(crop))
+        cell_mask = mask[y0 : y0 + cell, x0 : x0 + cell]
         if not core:
-            crop[:] = paper
-            return crop
+            return _blank_paper(crop, cell_mask)
         left = min(stats[i][0] for i in core)
         top = min(stats[i][1] for i in core)
         right = max(stats[i][0] + stats[i][2] for i in core)
@@ -722,14 +725,12 @@ class GridRoi(object):
                 parts.append(index)
         keep = np.isin(window, parts).astype(np.uint8)
         if not keep.any():  # components that only pass by the cell (their boxes overlap it)
-            crop[:] = paper
-            return crop
+            return _blank_paper(crop, cell_mask)
         # the blurred edges of grid lines escape the ink mask: outside the digit's box is paper
         ys, xs = np.nonzero(keep)
         margin = max(2, cell // 16)
         inside = (slice(max(0, ys.min() - margin), ys.max() + margin + 1),
                   slice(max(0, xs.min() - margin), xs.max() + margin + 1))  # fmt: skip
-        cell_mask = mask[y0 : y0 + cell, x0 : x0 + cell]
         # what is painted out takes the paper's own local shade (a closing wider than any
         # stroke): one flat grey, a shade off, would leave a step that thresholding takes for ink
         side = max(3, (cell // 3) | 1)

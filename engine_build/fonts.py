@@ -134,13 +134,21 @@ def vary(glyph, rng):
     region[:] = region * (1 - alpha) + rng.uniform(20, 60) * alpha
     if rng.random() < CELL_WALL_SHARE:
         cell_walls(paper, rng)
+    seen = as_the_daemon_sees(paper, glyph.shape[0], rng)
+    return preprocess.fit_digit(padded) if seen is None else seen
+
+
+def as_the_daemon_sees(paper, mark_height, rng):
+    """``paper`` (float32, ink drawn on it) photographed, small like ``camera`` or close and
+    blurred, then through daemon.preprocess as at run time: the uint8 28x28 tensor the
+    network gets, or None when preprocessing finds the crop empty."""
     if rng.random() < CAMERA_SHARE:
-        sheet = camera(paper, glyph.shape[0], rng)
+        sheet = camera(paper, mark_height, rng)
     else:
         sheet = cv2.GaussianBlur(paper + rng.normal(0, 3, paper.shape), (5, 5), rng.uniform(0.5, 1.5))
     prepared = preprocess.prepare(np.clip(sheet, 0, 255).astype(np.uint8))
     if prepared.empty:
-        return preprocess.fit_digit(padded)
+        return None
     return np.round(prepared.tensor[:, :, 0] / preprocess.PIXEL_SCALE).astype(np.uint8)
 
 

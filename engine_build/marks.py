@@ -90,14 +90,9 @@ def render_marks(count, rng):
         paper += np.linspace(-1, 1, side)[None, :] * rng.uniform(0, 20)
         alpha = mark.astype(np.float32) / 255.0 * rng.uniform(0.5, 0.95)
         paper = paper * (1 - alpha) + rng.uniform(20, 90) * alpha
-        if rng.random() < fonts.CAMERA_SHARE:
-            sheet = fonts.camera(paper, side, rng)
-        else:
-            sheet = cv2.GaussianBlur(paper + rng.normal(0, 3, paper.shape), (5, 5), rng.uniform(0.5, 1.5))
-        prepared = preprocess.prepare(np.clip(sheet, 0, 255).astype(np.uint8))
-        if prepared.empty:
-            continue
-        images.append(np.round(prepared.tensor[:, :, 0] / preprocess.PIXEL_SCALE).astype(np.uint8))
+        seen = fonts.as_the_daemon_sees(paper, side, rng)
+        if seen is not None:
+            images.append(seen)
     return np.array(images, np.uint8).reshape(-1, preprocess.INPUT_SIZE, preprocess.INPUT_SIZE)
 
 

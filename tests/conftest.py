@@ -19,6 +19,16 @@ SCHEMAS = ROOT / "daemon" / "schema"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+@pytest.fixture(scope="module")
+def reader():
+    """The shipped model with the default settings, as ``predict`` reads images."""
+    from daemon.predict import ImageReader
+
+    loaded = ImageReader.from_config(None, [str(ROOT)])
+    yield loaded
+    loaded.close()
+
+
 @pytest.fixture
 def broker(tmp_path):
     if mosquitto_binary() is None:

@@ -10,19 +10,11 @@ import cv2
 import numpy as np
 import pytest
 
-from daemon.predict import ImageReader
 from engine_build import fonts
 from tests import synthetic
 from tests.conftest import ROOT, run_cli, run_daemon, write_config
 
 DOCS = ROOT / "docs" / "failures"
-
-
-@pytest.fixture(scope="module")
-def reader():
-    loaded = ImageReader.from_config(None, [str(ROOT)])
-    yield loaded
-    loaded.close()
 
 
 @pytest.fixture(scope="module")

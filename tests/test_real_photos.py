@@ -9,20 +9,11 @@ import cv2
 import numpy as np
 import pytest
 
-from daemon.predict import ImageReader
 from engine_build import eval_real
-from tests.conftest import ROOT
 
 LOCATED_FLOOR = 0.97  # grid found where outlines.csv says it is
 EXACT_FLOOR = 0.84  # every one of the 81 cells right (measured: 136 of 160)
 CELLS_FLOOR = 0.997  # measured: 99.78 %
-
-
-@pytest.fixture(scope="module")
-def reader():
-    loaded = ImageReader.from_config(None, [str(ROOT)])
-    yield loaded
-    loaded.close()
 
 
 @pytest.fixture(scope="module")
