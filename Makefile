@@ -12,7 +12,7 @@ SYSTEMDDIR ?= /etc/systemd/system
 SYSUSERSDIR ?= /usr/lib/sysusers.d
 INSTALL_REQUIREMENTS ?= $(if $(filter aarch64,$(shell uname -m)),requirements/jetson.txt,requirements/host.txt)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
-DEVICE_CODE := daemon engine_build/build_engine.py
+DEVICE_CODE := daemon
 
 .PHONY: help setup mosquitto browser fonts train-fonts soak data train baselines export eval eval-real test check lint demo build-engine install uninstall bench clean
 
@@ -111,7 +111,7 @@ check: $(STAMP) fonts lint
 # With DESTDIR (packaging, tests) nothing outside DESTDIR is touched: no user, venv or systemctl.
 install:
 	install -d $(DESTDIR)$(PREFIX) $(DESTDIR)$(SYSCONFDIR)/digitd $(DESTDIR)$(SYSTEMDDIR) $(DESTDIR)$(SYSUSERSDIR)
-	tar --exclude=__pycache__ --exclude='*.engine' -cf - daemon engine_build models samples tools config.yaml \
+	tar --exclude=__pycache__ --exclude='*.engine' -cf - daemon models samples tools config.yaml \
 	  requirements pyproject.toml README.md Makefile | tar -xf - -C $(DESTDIR)$(PREFIX)
 	@if [ -e $(DESTDIR)$(SYSCONFDIR)/digitd/config.yaml ]; then \
 	  echo "keeping existing $(DESTDIR)$(SYSCONFDIR)/digitd/config.yaml"; \
@@ -135,7 +135,7 @@ uninstall:
 
 build-engine:
 	@py=python3; [ -x $(PY) ] && py=$(PY); \
-	$$py -m engine_build.build_engine --onnx models/digits.onnx
+	$$py -m daemon.tensorrt.build --onnx models/digits.onnx
 
 bench: $(STAMP) mosquitto
 	$(PY) -m bench.run $(BENCH_ARGS)

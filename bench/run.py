@@ -53,7 +53,7 @@ def classifier_runtimes(threads):
     try:
         import tensorrt  # noqa: F401
 
-        from daemon.backends.tensorrt import TensorRTBackend
+        from daemon.tensorrt.backend import TensorRTBackend
 
         if engine.exists():
             trt_backend = TensorRTBackend(engine, MODELS / "digits.onnx", max_batch=32).load()

@@ -55,7 +55,7 @@ def model_dir(tmp_path):
 
 
 def build(trt, cuda, model_dir, precision="fp16", **kwargs):
-    from engine_build import build_engine
+    from daemon.tensorrt import build as build_engine
 
     return build_engine.build(trt, cuda, model_dir / "digits.onnx", model_dir / ("digits.%s.engine" % precision),
                               precision, timing_cache=str(model_dir / "timing.cache"), **kwargs)  # fmt: skip
@@ -231,7 +231,7 @@ def test_build_engine_cli_without_tensorrt_says_where_to_get_it_and_exits_69():
     env = dict(os.environ)
     env.pop("PYTHONPATH", None)
     result = subprocess.run(
-        [sys.executable, "-m", "engine_build.build_engine", "--onnx", str(MODELS / "digits.onnx")],
+        [sys.executable, "-m", "daemon.tensorrt.build", "--onnx", str(MODELS / "digits.onnx")],
         cwd=str(ROOT), capture_output=True, text=True, env=env,
     )  # fmt: skip
     assert result.returncode == 69
@@ -244,9 +244,9 @@ def simulated_env(version):
 
 
 def build_engine_cli(model_dir, tmp_path, version):
-    """``python -m engine_build.build_engine`` in a subprocess that imports the simulator."""
+    """``python -m daemon.tensorrt.build`` in a subprocess that imports the simulator."""
     return subprocess.run(
-        [sys.executable, "-m", "engine_build.build_engine", "--onnx", str(model_dir / "digits.onnx"),
+        [sys.executable, "-m", "daemon.tensorrt.build", "--onnx", str(model_dir / "digits.onnx"),
          "--timing-cache", str(tmp_path / "t.cache")],
         cwd=str(ROOT), capture_output=True, text=True, env=simulated_env(version),
     )  # fmt: skip
@@ -265,7 +265,7 @@ def test_tensorrt_path_never_imports_tensorflow(tmp_path, model_dir):
     code = (
         "import sys, numpy as np\n"
         "import tensorrt as trt, pycuda.driver as cuda\n"
-        "from engine_build import build_engine\n"
+        "from daemon.tensorrt import build as build_engine\n"
         "from daemon import backends, config\n"
         "build_engine.build(trt, cuda, %r, %r, 'fp16', timing_cache=None)\n"
         "s = config.from_dict({'source': {'type': 'v4l2'}, 'backend': {'engine': %r, 'onnx_model': %r}}).backend\n"

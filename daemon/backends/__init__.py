@@ -13,7 +13,7 @@ from daemon.backends.base import Backend, BackendUnavailable  # noqa: F401
 log = logging.getLogger(__name__)
 
 _REGISTRY = {
-    "tensorrt": ("daemon.backends.tensorrt", "TensorRTBackend"),
+    "tensorrt": ("daemon.tensorrt.backend", "TensorRTBackend"),
     "onnxruntime": ("daemon.backends.onnxruntime", "OnnxRuntimeBackend"),
     "tensorflow": ("daemon.backends.tensorflow", "TensorFlowBackend"),
 }

@@ -20,8 +20,8 @@ import os
 import numpy as np
 
 from daemon import model_meta
-from daemon.backends import trt_common
 from daemon.backends.base import Backend, BackendUnavailable, import_runtime
+from daemon.tensorrt import common as trt_common
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ class TensorRTBackend(Backend):
         return meta
 
     def _rebuild(self, reason):
-        from engine_build import build_engine
+        from daemon.tensorrt import build as build_engine
 
         log.warning("rebuilding %s: %s", self.engine_path, reason)
         precision = None

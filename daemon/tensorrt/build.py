@@ -1,6 +1,6 @@
 """Build a TensorRT engine from the ONNX model, on the Jetson (Python 3.6, TensorRT 8.2 ... 10).
 
-    python3 -m engine_build.build_engine --onnx models/digits.onnx [--precision fp16|fp32|int8]
+    python3 -m daemon.tensorrt.build --onnx models/digits.onnx [--precision fp16|fp32|int8]
 
 Explicit batch with one optimisation profile (min 1, opt 8, max 32 by default), a
 256 MiB workspace, a reused timing cache, and a sidecar JSON next to the engine.
@@ -16,9 +16,9 @@ import sys
 import time
 
 from daemon import model_meta
-from daemon.backends import trt_common
+from daemon.tensorrt import common as trt_common
 
-log = logging.getLogger("engine_build.build_engine")
+log = logging.getLogger(__name__)
 
 EXIT_UNAVAILABLE = 69
 PRECISIONS = ("fp16", "fp32", "int8")
@@ -36,9 +36,8 @@ class MnistCalibrator(object):
         import numpy as np
 
         from daemon.preprocess import INPUT_SIZE, normalise_uint8
-        from engine_build import mnist
 
-        images, _ = mnist.load_split("train", data_dir)
+        images = read_idx_images(find_calibration_images(data_dir))
         batches = normalise_uint8(images[:image_count]).reshape(-1, 1, INPUT_SIZE, INPUT_SIZE)
 
         class Calibrator(trt.IInt8EntropyCalibrator2):
@@ -73,6 +72,49 @@ class MnistCalibrator(object):
                 log.info("wrote calibration cache %s", cache_path)
 
         return Calibrator()
+
+
+CALIBRATION_FILE = "train-images-idx3-ubyte.gz"
+PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def find_calibration_images(data_dir=None):
+    """The MNIST training images (IDX, gzipped) for INT8 calibration: in ``data_dir``, else in
+    ./data/mnist, the project's data/mnist or ../shared/data/mnist."""
+    folders = (
+        [data_dir]
+        if data_dir
+        else [
+            os.path.join("data", "mnist"),
+            os.path.join(PROJECT_ROOT, "data", "mnist"),
+            os.path.join(os.path.dirname(PROJECT_ROOT), "shared", "data", "mnist"),
+        ]
+    )
+    for folder in folders:
+        path = os.path.join(folder, CALIBRATION_FILE)
+        if os.path.isfile(path):
+            return path
+    raise EngineBuildError(
+        "INT8 calibration needs %s; looked in %s (copy MNIST there or pass --data-dir)"
+        % (CALIBRATION_FILE, ", ".join(folders))
+    )
+
+
+def read_idx_images(path):
+    """uint8 images [N, rows, cols] from a gzipped IDX3 file (the MNIST format)."""
+    import gzip
+    import struct
+
+    import numpy as np
+
+    with gzip.open(path, "rb") as handle:
+        content = handle.read()
+    if len(content) < 16 or struct.unpack(">I", content[:4])[0] != 2051:
+        raise EngineBuildError("%s is not an IDX3 image file" % path)
+    count, rows, cols = struct.unpack(">III", content[4:16])
+    if len(content) != 16 + count * rows * cols:
+        raise EngineBuildError("%s: %d bytes, expected %d" % (path, len(content), 16 + count * rows * cols))
+    return np.frombuffer(content, np.uint8, offset=16).reshape(count, rows, cols)
 
 
 class EngineBuilder(object):

@@ -1,4 +1,4 @@
-"""What the TensorRT backend and engine_build/build_engine.py share (runs on the Jetson, Python 3.6).
+"""What the TensorRT backend and the engine build (daemon/tensorrt/build.py) share (runs on the Jetson, Python 3.6).
 
 - a TensorRT logger that writes into Python logging,
 - the identity of the GPU and runtime an engine is built for,
