@@ -52,7 +52,6 @@ def main(args):
     import numpy as np
 
     from daemon import config as config_module
-    from daemon.cli import PROJECT_ROOT, resolve_model_paths
     from daemon.pipeline import Pipeline
 
     capture = cv2.VideoCapture(args.video)
@@ -68,7 +67,6 @@ def main(args):
         "roi": roi, "backend": {"type": args.backend, "threads": args.threads}, "mqtt": mqtt,
         "http": {"enabled": False},
     })  # fmt: skip
-    resolve_model_paths(config.backend, [PROJECT_ROOT])
     pipeline = Pipeline(config).open()
     loaded = time.monotonic()
     first_output = [None]

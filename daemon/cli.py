@@ -15,7 +15,6 @@ EXIT_UNEXPECTED = 1
 EXIT_UNAVAILABLE = 69
 EXIT_CONFIG = 78
 
-PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 log = logging.getLogger("daemon")
 
 
@@ -35,19 +34,6 @@ def setup_logging(level="INFO"):
     logging.getLogger("paho").setLevel(max(logging.getLevelName(level), logging.WARNING))
 
 
-def resolve_model_paths(backend_settings, base_dirs):
-    """Relative model paths are tried against the working directory, then each base dir."""
-    for key in ("onnx_model", "keras_model", "engine"):
-        path = getattr(backend_settings, key)
-        if os.path.isabs(path) or os.path.exists(path):
-            continue
-        for base in base_dirs:
-            candidate = os.path.join(base, path)
-            if os.path.exists(candidate) or key == "engine" and os.path.exists(os.path.dirname(candidate)):
-                setattr(backend_settings, key, candidate)
-                break
-
-
 def build_parser():
     parser = argparse.ArgumentParser(prog="digitd", description="Read handwritten digits from a camera.")
     commands = parser.add_subparsers(dest="command")
@@ -61,11 +47,14 @@ def build_parser():
     predict.add_argument(
         "--roi",
         default="center",
-        choices=("center", "segment", "grid"),
-        help="center: one digit; segment: numbers (lines); grid: a 9x9 sudoku",
+        choices=("center", "boxes", "segment", "grid"),
+        help="center: one digit; segment: numbers (lines); grid: a sudoku or form (roi.grid_rows x "
+        "roi.grid_cols, 9x9 by default); boxes: the config's roi.boxes. -c gives the ROI settings",
     )
     predict.add_argument("--json", action="store_true", help="one JSON object per image")
-    predict.add_argument("-c", "--config", default=None, help="take backend/preprocess settings from here")
+    predict.add_argument(
+        "-c", "--config", default=None, help="take ROI, preprocess and backend settings from here"
+    )
     return parser
 
 
@@ -93,11 +82,6 @@ def cmd_check_config(args):
     return EXIT_OK
 
 
-def model_base_dirs(config_path):
-    """Where relative model paths in a config are looked up (after the working directory)."""
-    return [os.path.dirname(os.path.abspath(str(config_path))), PROJECT_ROOT]
-
-
 def cmd_run(args):
     from daemon.backends import BackendUnavailable
     from daemon.config import ConfigError
@@ -112,7 +96,6 @@ def cmd_run(args):
         _print_config_errors(error, args.config)
         return EXIT_CONFIG
     setup_logging(config.log_level)
-    resolve_model_paths(config.backend, model_base_dirs(args.config))
     service = Service(config, args.config)
     service.install_signal_handlers()
     try:
@@ -130,25 +113,29 @@ def cmd_run(args):
         service.close()
         return EXIT_UNAVAILABLE
     service.run(max_frames=args.max_frames or None)
-    if service.pipeline.input_ended and service.pipeline.source.stats.frames == 0:
+    if service.pipeline.ended_without_frames():
         log.error("%s: no frame could be read", service.pipeline.source.describe())
         return EXIT_UNAVAILABLE
     return EXIT_OK
 
 
 def cmd_predict(args):
+    from daemon import config as config_module
     from daemon import predict
     from daemon.backends import BackendUnavailable
-    from daemon.config import ConfigError
+    from daemon.reader import Reader
 
     setup_logging("WARNING")
     try:
-        config = _load_config(args.config) if args.config else None
-    except ConfigError as error:
+        config = _load_config(args.config) if args.config else config_module.defaults()
+    except config_module.ConfigError as error:
         _print_config_errors(error, args.config)
         return EXIT_CONFIG
+    if args.roi == "boxes" and not config.roi.boxes:
+        print("error: --roi boxes reads the boxes of a config's roi.boxes; give one with -c", file=sys.stderr)
+        return EXIT_CONFIG
     try:
-        reader = predict.ImageReader.from_config(config, [PROJECT_ROOT])
+        reader = Reader.from_config(config)
     except BackendUnavailable as error:
         print("error: %s" % error, file=sys.stderr)
         return EXIT_UNAVAILABLE
@@ -156,17 +143,14 @@ def cmd_predict(args):
     with reader:
         for path in args.images:
             try:
-                result = reader.read_file(path, roi_mode=args.roi)
+                result = predict.read_file(reader, path, args.roi)
             except predict.ImageError as error:
                 status = EXIT_UNEXPECTED
                 result = {"file": path, "error": str(error)}
                 print("%s: %s" % (path, error), file=sys.stderr)
-                if args.json:
-                    print(json.dumps(result))
-                continue
             if args.json:
                 print(json.dumps(result))
-            else:
+            elif "error" not in result:
                 print(predict.describe(result))
     return status
 

@@ -88,7 +88,7 @@ class Section(object):
         return not self == other
 
 
-_PREPROCESS = Schema(
+PREPROCESS = Schema(
     {
         "blur_kernel": Field(int, 5, "Gaussian blur kernel for a 200 px crop, scaled with the crop (odd, 0 = off)", minimum=0, maximum=31, live=True),
         "threshold": Field(str, "otsu", "binarisation: otsu, fixed or adaptive",
@@ -180,7 +180,7 @@ SCHEMA = Schema(
                 "boxes": Field(ListOf(_BOX), [], "fixed boxes (mode boxes): id, x, y, w, h", live=True),
             }
         ),
-        "preprocess": _PREPROCESS,
+        "preprocess": PREPROCESS,
         "batching": Schema(
             {
                 "max_batch": Field(int, 32, "most crops in one inference call", minimum=1, maximum=1024),
@@ -443,8 +443,29 @@ def _read_password_file(config, errors):
         errors.append("mqtt.password_file: cannot read %s (%s)" % (path, exc.strerror or exc))
 
 
-def from_dict(data):
-    """Validate a parsed YAML mapping; return the config tree or raise ConfigError."""
+PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODEL_KEYS = ("onnx_model", "keras_model", "engine")
+
+
+def resolve_model_paths(backend, base_dirs):
+    """Make the backend's relative model paths absolute: the working directory first, then each
+    of ``base_dirs`` (an engine may not exist yet: its folder is enough)."""
+    for key in MODEL_KEYS:
+        path = getattr(backend, key)
+        if os.path.isabs(path):
+            continue
+        for base in [os.getcwd()] + list(base_dirs):
+            candidate = os.path.join(base, path)
+            if os.path.exists(candidate) or key == "engine" and os.path.isdir(os.path.dirname(candidate)):
+                setattr(backend, key, os.path.abspath(candidate))
+                break
+
+
+def from_dict(data, base_dirs=(PROJECT_ROOT,)):
+    """Validate a parsed YAML mapping; return the config tree or raise ConfigError.
+
+    Relative model paths come back absolute: found in the working directory or in one of
+    ``base_dirs`` (the config file's folder, then the project's)."""
     errors = []
     config = _build(SCHEMA, data, "", errors)
     failed = set(e.split(":", 1)[0] for e in errors)
@@ -453,7 +474,13 @@ def from_dict(data):
         _read_password_file(config, errors)
     if errors:
         raise ConfigError(errors)
+    resolve_model_paths(config.backend, base_dirs)
     return config
+
+
+def defaults():
+    """The default config, for commands that read no camera (``predict``, benchmarks)."""
+    return from_dict({"source": {"type": "images", "path": "."}})
 
 
 def load(path):
@@ -467,7 +494,7 @@ def load(path):
         raise ConfigError(["%s: cannot read (%s)" % (path, exc.strerror or exc)]) from exc
     except yaml.YAMLError as exc:
         raise ConfigError(["%s: not valid YAML: %s" % (path, str(exc).replace("\n", " "))]) from exc
-    return from_dict(data)
+    return from_dict(data, (os.path.dirname(os.path.abspath(str(path))), PROJECT_ROOT))
 
 
 def live_changes(old, new, schema=SCHEMA, path=""):

@@ -1,20 +1,16 @@
-"""Read digits in still images (the ``predict`` command and ``POST /predict``).
+"""Still images for the ``predict`` command and ``POST /predict``: files and uploads decoded
+safely (size checked from the header first, EXIF orientation applied), then read by a
+``daemon.reader.Reader``.
 
 Photos a person took: dark ink on light paper or light on dark, any size,
 8/16-bit, gray, BGR or BGRA.
 """
 
-import logging
 import os
 import struct
 
 import cv2
 import numpy as np
-
-from daemon import backends, postprocess, preprocess, roi
-from daemon.pipeline import crop_confidences, infer_prepared
-
-log = logging.getLogger(__name__)
 
 MAX_FILE_BYTES = 50 * 1024 * 1024
 MAX_PIXELS = 40 * 1000 * 1000  # refuse decompression bombs before decoding
@@ -178,171 +174,20 @@ def decode_image(data, max_pixels=MAX_PIXELS):
     return apply_orientation(image, exif_orientation(data))
 
 
-class ImageReader(object):
-    """Backend + preprocessing for still images; use as a context manager."""
-
-    def __init__(self, backend_settings, preprocess_params, min_confidence):
-        self.backend_settings = backend_settings
-        self.params = preprocess_params
-        self.min_confidence = min_confidence
-        self.backend = None
-        # held around backend calls only (the daemon's camera shares the backend): decoding and
-        # preprocessing an upload must not stall the camera
-        self.lock = None
-
-    @classmethod
-    def from_config(cls, config, base_dirs):
-        """From a loaded config, or the defaults when ``config`` is None."""
-        from daemon import cli
-        from daemon import config as config_module
-
-        config = config or config_module.from_dict({"source": {"type": "images", "path": "."}})
-        cli.resolve_model_paths(config.backend, base_dirs)
-        reader = cls(
-            config.backend,
-            preprocess.PreprocessParams.from_config(config.preprocess.as_dict()),
-            config.postprocess.min_confidence,
-        )
-        reader.backend = backends.load_backend(config.backend, config.batching.max_batch)
-        return reader
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc_info):
-        self.close()
-
-    def close(self):
-        if self.backend is not None:
-            self.backend.close()
-            self.backend = None
-
-    def read_file(self, path, roi_mode="center"):
-        try:
-            size = os.path.getsize(path)
-            if size > MAX_FILE_BYTES:
-                raise ImageError("file of %d bytes exceeds %d" % (size, MAX_FILE_BYTES))
-            with open(path, "rb") as handle:
-                data = handle.read()
-        except OSError as exc:
-            raise ImageError("cannot read: %s" % (exc.strerror or exc)) from exc
-        result = self.read_bytes(data, roi_mode)
-        result["file"] = path
-        return result
-
-    def read_bytes(self, data, roi_mode="center"):
-        """Decode and read an image; returns the predict JSON object (without ``file``)."""
-        image = decode_image(data)
-        return self.read_image(image, roi_mode)
-
-    def read_image(self, image, roi_mode="center"):
-        """Read a decoded image: ``center`` (one digit), ``segment`` (numbers) or ``grid`` (9x9)."""
-        gray = preprocess.to_gray(image)
-        height, width = gray.shape[:2]
-        # A 40-megapixel upload is read at most MAX_READ_SIDE px wide: no mode needs more (the
-        # grid is searched at 800 px, numbers at 960 px, a crop at 128 px); boxes are scaled back.
-        scale = min(1.0, float(MAX_READ_SIDE) / max(gray.shape[:2]))
-        if scale < 1.0:
-            gray = cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
-        height, width = gray.shape[:2]
-        if roi_mode == "segment":
-            extractor = roi.SegmentRoi(
-                classifier=lambda crops: crop_confidences(self.backend, self.params, crops, self.lock)
-            )
-        elif roi_mode == "grid":
-            extractor = roi.GridRoi()
-        else:
-            extractor = roi.CenterRoi(min(height, width))
-        outline = None
-        if roi_mode == "grid":
-            regions, outline = extractor.extract_grid(gray)
-        else:
-            regions = extractor.extract(gray)
-        prepared = [preprocess.prepare(r.crop, self.params) for r in regions]
-        with self._backend_turn():
-            rows = infer_prepared(self.backend, prepared)
-        if roi_mode == "grid":
-            regions, rows = self._upright_grid(regions, prepared, rows)
-        readings = [postprocess.reading_for(r, row, self.min_confidence) for r, row in zip(regions, rows)]
-        if roi_mode == "center" and not prepared[0].empty:  # the ink inside the square, in image coordinates
-            reading, ink_box = readings[0], prepared[0].ink_box
-            reading.box = (reading.box[0] + ink_box[0], reading.box[1] + ink_box[1]) + tuple(ink_box[2:])
-        found = [r for r in readings if r.cell is not None or (r.confidence > 0 and not r.mark)]
-        digits = [{"digit": r.digit, "confidence": round(r.confidence, 4), "box": [int(v) for v in r.box]}
-                  for r in found if r.cell is None]  # fmt: skip
-        result = {"number": postprocess.compose_number(found) if found else None, "digits": digits}
-        grid = postprocess.compose_grid(readings)
-        if grid is not None:
-            result["grid"] = grid
-            result["digits"] = [{"digit": r.digit, "confidence": round(r.confidence, 4),
-                                 "box": [int(v) for v in r.box], "cell": list(r.cell)}
-                                for r in readings if r.digit is not None]  # fmt: skip
-            result["number"] = None
-            result["outline"] = None if outline is None else [[round(x, 1), round(y, 1)] for x, y in outline]
-        if scale < 1.0:
-            for digit in result["digits"]:
-                digit["box"] = [int(round(v / scale)) for v in digit["box"]]
-            if result.get("outline") is not None:
-                result["outline"] = [[round(x / scale, 1), round(y / scale, 1)] for x, y in result["outline"]]
-        return result
-
-    def _backend_turn(self):
-        return self.lock if self.lock is not None else _NO_LOCK
-
-    def _upright_grid(self, regions, prepared, rows):
-        """The grid's cells and probabilities turned so its digits stand upright.
-
-        A photo of a sudoku may be taken sideways or upside down (and EXIF flags are often
-        wrong): the digits are read in all four quarter turns and the turn with the most
-        confident digits wins; cells move with it, boxes stay in image pixels."""
-        filled = [index for index, p in enumerate(prepared) if not p.empty]
-        if len(filled) < 3:
-            return regions, rows
-        tensors = np.stack([prepared[i].tensor for i in filled])
-        best_turn, best_score, best_rows = 0, _mean_confidence(rows[i] for i in filled), None
-        for turn in (1, 2, 3):
-            with self._backend_turn():
-                turned = self.backend.infer_all(np.ascontiguousarray(np.rot90(tensors, turn, axes=(1, 2))))
-            score = _mean_confidence(turned)
-            if score > best_score + UPRIGHT_MARGIN:
-                best_turn, best_score, best_rows = turn, score, turned
-        if best_turn == 0:
-            return regions, rows
-        rows = list(rows)
-        for index, probabilities in zip(filled, best_rows):
-            rows[index] = probabilities
-        row_count = max(r.cell[0] for r in regions) + 1
-        col_count = max(r.cell[1] for r in regions) + 1
-        # where each cell lands when the grid is turned counter-clockwise like its digits
-        places = np.rot90(np.arange(row_count * col_count).reshape(row_count, col_count), best_turn)
-        position = {int(places[r, c]): (r, c) for r in range(places.shape[0]) for c in range(places.shape[1])}
-        turned_regions = []
-        for region in regions:
-            row, col = position[region.cell[0] * col_count + region.cell[1]]
-            turned_regions.append(roi.Roi("r%dc%d" % (row, col), region.box, region.crop, row, (row, col)))
-        order = sorted(range(len(regions)), key=lambda i: turned_regions[i].cell)
-        return [turned_regions[i] for i in order], [rows[i] for i in order]
-
-
-MAX_READ_SIDE = 2000
-
-
-class _NoLock(object):
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc_info):
-        return False
-
-
-_NO_LOCK = _NoLock()
-# A turned grid must read this much more confidently (mean top probability) to win.
-UPRIGHT_MARGIN = 0.05
-
-
-def _mean_confidence(probability_rows):
-    values = [postprocess.digit_confidence(p) for p in probability_rows if p is not None]
-    return float(np.mean(values)) if values else 0.0
+def read_file(reader, path, roi_mode="center"):
+    """Read an image file with a ``daemon.reader.Reader``: the predict JSON object, ``file``
+    included. Raises ImageError when the file cannot be read or decoded."""
+    try:
+        size = os.path.getsize(path)
+        if size > MAX_FILE_BYTES:
+            raise ImageError("file of %d bytes exceeds %d" % (size, MAX_FILE_BYTES))
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError as exc:
+        raise ImageError("cannot read: %s" % (exc.strerror or exc)) from exc
+    result = {"file": path}
+    result.update(reader.read_still(decode_image(data), roi_mode))
+    return result
 
 
 def describe(result):

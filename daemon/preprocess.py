@@ -10,6 +10,8 @@ import logging
 import cv2
 import numpy as np
 
+from daemon import config
+
 log = logging.getLogger(__name__)
 
 INPUT_SIZE = 28  # MNIST image side
@@ -42,48 +44,23 @@ def normalise_uint8(images):
 
 
 class PreprocessParams(object):
-    """Settings of the crop -> tensor conversion (``preprocess`` section of the config)."""
+    """Settings of the crop -> tensor conversion: the config's ``preprocess`` section. Names,
+    defaults and ranges are defined once, in its schema (``daemon.config.PREPROCESS``)."""
 
-    def __init__(
-        self,
-        blur_kernel=5,
-        threshold="otsu",
-        fixed_threshold=128,
-        adaptive_block_size=31,
-        adaptive_c=10,
-        polarity="auto",
-        morphology="none",
-        morph_kernel=3,
-        min_contrast=20,
-        min_contrast_to_noise=6.0,
-        min_ink_fraction=0.004,
-        max_ink_fraction=0.6,
-        min_component_fraction=0.08,
-        flatten=True,
-        sharpen=0.75,
-    ):
-        self.blur_kernel = blur_kernel
-        self.threshold = threshold
-        self.fixed_threshold = fixed_threshold
-        self.adaptive_block_size = adaptive_block_size
-        self.adaptive_c = adaptive_c
-        self.polarity = polarity
-        self.morphology = morphology
-        self.morph_kernel = morph_kernel
-        self.min_contrast = min_contrast
-        self.min_contrast_to_noise = min_contrast_to_noise
-        self.min_ink_fraction = min_ink_fraction
-        self.max_ink_fraction = max_ink_fraction
-        self.min_component_fraction = min_component_fraction
-        self.flatten = flatten
-        self.sharpen = sharpen
+    def __init__(self, **values):
+        fields = config.PREPROCESS.fields
+        unknown = sorted(set(values) - set(fields))
+        if unknown:
+            raise TypeError("unknown preprocess settings: %s" % ", ".join(unknown))
+        for name, field in fields.items():
+            setattr(self, name, values.get(name, field.default))
 
     @classmethod
     def from_config(cls, section):
-        """Build from a config section object or dict (missing keys keep defaults)."""
+        """From the config's ``preprocess`` section or a dict (missing keys keep their defaults)."""
         if section is None:
             return cls()
-        values = section if isinstance(section, dict) else vars(section)
+        values = section if isinstance(section, dict) else section.as_dict()
         return cls(**values)
 
 

@@ -54,7 +54,7 @@ class BoxesRoi(object):
     """A fixed list of boxes with ids, clipped to the frame."""
 
     def __init__(self, boxes):
-        self.boxes = [(b.id, (b.x, b.y, b.w, b.h)) for b in boxes]
+        self.boxes = list(boxes)  # [(id, (x, y, w, h))]
         self._warned = set()
 
     def extract(self, image):
@@ -70,19 +70,25 @@ class BoxesRoi(object):
         return rois
 
 
-def create_extractor(settings):
-    """Extractor for the ``roi`` config section."""
+def create_extractor(settings, mode=None, scale=1.0):
+    """Extractor for the ``roi`` config section, in ``mode`` (default: the section's own) for
+    images ``scale`` times the size the section's pixel coordinates are given for."""
+    mode = mode or settings.mode
+
+    def scaled(x, y, w, h):
+        return tuple(int(round(v * scale)) for v in (x, y, w, h))
+
     area = settings.region
-    region = (area.x, area.y, area.w, area.h) if area.w and area.h else None
-    if settings.mode == "center":
-        return CenterRoi(settings.size)
-    if settings.mode == "boxes":
-        return BoxesRoi(settings.boxes)
-    if settings.mode == "segment":
+    region = scaled(area.x, area.y, area.w, area.h) if area.w and area.h else None
+    if mode == "center":
+        return CenterRoi(int(round(settings.size * scale)))
+    if mode == "boxes":
+        return BoxesRoi([(b.id, scaled(b.x, b.y, b.w, b.h)) for b in settings.boxes])
+    if mode == "segment":
         return SegmentRoi(region, max_digits=settings.max_digits)
-    if settings.mode == "grid":
+    if mode == "grid":
         return GridRoi(settings.grid_rows, settings.grid_cols, region, locate=settings.grid_locate)
-    raise ValueError("unknown ROI mode %r" % settings.mode)
+    raise ValueError("unknown ROI mode %r" % mode)
 
 
 def _region_gray(image, region):

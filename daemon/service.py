@@ -48,9 +48,6 @@ class Service(object):
             log.error("reload rejected, still running on the previous config: %s", "; ".join(error.errors))
             self.notifier.status("reload rejected: %s" % error.errors[0])
             return False
-        from daemon import cli
-
-        cli.resolve_model_paths(new.backend, cli.model_base_dirs(self.config_path))
         live, restart = self.pipeline.apply_config(new)
         if live:
             log.info("reload applied: %s", ", ".join(live))
@@ -68,9 +65,7 @@ class Service(object):
             from daemon import web
 
             self.web = web.WebServer(settings, self.pipeline).start()
-        self.notifier.ready(
-            "reading %s with %s" % (self.pipeline.source.describe(), self.pipeline.backend.name)
-        )
+        self.notifier.ready(self.pipeline.describe())
         if self.notifier.watchdog_interval:
             self._watchdog_thread = threading.Thread(target=self._watchdog_loop, name="watchdog")
             self._watchdog_thread.daemon = True
@@ -83,7 +78,7 @@ class Service(object):
         interval = self.notifier.watchdog_interval
         last_status = 0.0
         while not self.pipeline.stop_event.wait(interval):
-            healthy, detail = self.pipeline.health(self.pipeline.config.service.health_timeout_s)
+            healthy, detail = self.pipeline.health()
             if detail["alive"]:
                 self.notifier.watchdog()
             else:

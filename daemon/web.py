@@ -1,19 +1,23 @@
 """HTTP: /healthz, /metrics, /snapshot.jpg, /stream.mjpg, / (upload page) and POST /predict.
 
 Standard library server (threaded), so it runs on the Nano's Python 3.6 with no
-web framework. Nothing a client sends can stop the daemon: every handler catches
-its own errors and answers 4xx/5xx.
+web framework. Each path is a small handler function in a routing table; handlers
+talk to the pipeline only through its documented interface (daemon.pipeline).
+Nothing a client sends can stop the daemon: every request's errors become 4xx/5xx.
 """
 
 import email.parser
+import html
 import json
 import logging
+import os
 import re
 import socket
 import socketserver
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
+from urllib.parse import parse_qs, urlsplit
 
 import cv2
 import numpy as np
@@ -25,6 +29,8 @@ log = logging.getLogger(__name__)
 BOUNDARY = "digitdframe"
 MAX_MULTIPART_PARTS = 16  # an upload form has one file and perhaps a few fields
 MAX_CONCURRENT_UPLOADS = 2  # more are answered 503 with Retry-After: the camera comes first
+UPLOAD_PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static", "upload.html")
+STILL_ROI_MODES = ("center", "segment", "grid", "boxes")
 
 
 class UploadsBusy(Exception):
@@ -33,28 +39,30 @@ class UploadsBusy(Exception):
 
 def annotate(view):
     """Draw ROI boxes, digits and the model's 28x28 input for each ROI onto a copy of the frame."""
-    frame, rois, prepared, readings = view
-    image = frame.image.copy()
+    image = view.frame.image.copy()
     if image.ndim == 2:
         image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
     scale = max(1.0, image.shape[0] / 480.0)
-    for region, item, reading in zip(rois, prepared, readings):
+    thickness = max(1, int(2 * scale))
+    for region, item, reading in zip(view.rois, view.prepared, view.readings):
         x, y, w, h = region.box
         found = reading.digit is not None
         colour = (40, 170, 40) if found else (30, 30, 220)
-        cv2.rectangle(image, (x, y), (x + w, y + h), colour, max(1, int(2 * scale)))
+        cv2.rectangle(image, (x, y), (x + w, y + h), colour, thickness)
         label = "%s %.2f" % (reading.digit, reading.confidence) if found else "no digit"
-        cv2.putText(image, label, (x, max(12, y - 6)), cv2.FONT_HERSHEY_SIMPLEX, 0.6 * scale, colour,
-                    max(1, int(2 * scale)))  # fmt: skip
+        cv2.putText(
+            image, label, (x, max(12, y - 6)), cv2.FONT_HERSHEY_SIMPLEX, 0.6 * scale, colour, thickness
+        )
         tile = int(84 * scale)
-        model_input = cv2.resize((item.tensor[:, :, 0] * 255).astype(np.uint8), (tile, tile),
-                                 interpolation=cv2.INTER_NEAREST)  # fmt: skip
+        model_input = (item.tensor[:, :, 0] * 255).astype(np.uint8)
+        model_input = cv2.resize(model_input, (tile, tile), interpolation=cv2.INTER_NEAREST)
         tx, ty = min(x + w + 4, image.shape[1] - tile), min(y, image.shape[0] - tile)
         if tx >= 0 and ty >= 0:
             image[ty : ty + tile, tx : tx + tile] = cv2.cvtColor(model_input, cv2.COLOR_GRAY2BGR)
             cv2.rectangle(image, (tx, ty), (tx + tile, ty + tile), (200, 200, 200), 1)
-    cv2.putText(image, "frame %d" % frame.index, (8, image.shape[0] - 10), cv2.FONT_HERSHEY_SIMPLEX,
-                0.5 * scale, (0, 0, 160), max(1, int(scale)))  # fmt: skip
+    label = "frame %d" % view.frame.index
+    origin = (8, image.shape[0] - 10)
+    cv2.putText(image, label, origin, cv2.FONT_HERSHEY_SIMPLEX, 0.5 * scale, (0, 0, 160), max(1, int(scale)))
     return image
 
 
@@ -65,87 +73,64 @@ def encode_jpeg(image, quality=80):
     return data.tobytes()
 
 
-def metrics_text(pipeline):
-    """Prometheus exposition text, built at scrape time from the pipeline's counters."""
-    from prometheus_client import CollectorRegistry, generate_latest
-    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+# (name, kind, help, snapshot key) of each metric rendered from the stats snapshot
+METRICS = (
+    ("digitd_frames_in", "counter", "Frames taken from the source", "frames_in"),
+    ("digitd_frames_out", "counter", "Frames whose prediction was published", "frames_out"),
+    ("digitd_frames_dropped", "counter", "Frames the grabber dropped (newest wins)", "dropped_frames"),
+    ("digitd_frame_errors", "counter", "Frames that failed in ROI/preprocess", "frame_errors"),
+    ("digitd_inference_errors", "counter", "Failed inference batches", "inference_errors"),
+    ("digitd_source_reconnects", "counter", "Source reopen attempts", "source_reconnects"),
+    ("digitd_queue_depth", "gauge", "Frames waiting for inference", "queue_depth"),
+    ("digitd_mqtt_queue", "gauge", "MQTT messages not yet acknowledged", "mqtt_queue"),
+    ("digitd_mqtt_dropped", "counter", "MQTT messages dropped from a full outbox", "mqtt_dropped"),
+    ("digitd_mqtt_connected", "gauge", "1 while connected to the broker", "mqtt_connected"),
+)
+HISTOGRAMS = (
+    ("digitd_latency_seconds", "Capture to publish latency", "latency_buckets", "latency_sum_s"),
+    ("digitd_batch_size", "Crops per inference call", "batch_buckets", "batch_sum"),
+)
 
-    class PipelineCollector(object):
-        def collect(self):
-            stats = pipeline.stats
-            source = pipeline.source.stats if pipeline.source is not None else None
-            publisher = pipeline.publisher
-            yield CounterMetricFamily(
-                "digitd_frames_in", "Frames taken from the source", value=stats.frames_in
+
+class SnapshotCollector(object):
+    """A prometheus_client collector that yields one stats snapshot's values."""
+
+    def __init__(self, snapshot):
+        self.snapshot = snapshot
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+        families = {"counter": CounterMetricFamily, "gauge": GaugeMetricFamily}
+        for name, kind, text, key in METRICS:
+            yield families[kind](name, text, value=float(self.snapshot[key] or 0))
+        for name, text, buckets, total in HISTOGRAMS:
+            yield HistogramMetricFamily(
+                name, text, buckets=self.snapshot[buckets], sum_value=self.snapshot[total]
             )
-            yield CounterMetricFamily("digitd_frames_out", "Frames whose prediction was published",
-                                      value=stats.frames_out)  # fmt: skip
-            yield CounterMetricFamily("digitd_frames_dropped", "Frames the grabber dropped (newest wins)",
-                                      value=source.dropped if source else 0)  # fmt: skip
-            yield CounterMetricFamily("digitd_frame_errors", "Frames that failed in ROI/preprocess",
-                                      value=stats.frame_errors)  # fmt: skip
-            yield CounterMetricFamily("digitd_inference_errors", "Failed inference batches",
-                                      value=stats.inference_errors)  # fmt: skip
-            yield CounterMetricFamily("digitd_source_reconnects", "Source reopen attempts",
-                                      value=source.reconnects if source else 0)  # fmt: skip
-            yield GaugeMetricFamily(
-                "digitd_queue_depth", "Frames waiting for inference", value=pipeline.batcher.depth()
-            )
-            yield GaugeMetricFamily("digitd_mqtt_queue", "MQTT messages not yet acknowledged",
-                                    value=publisher.pending() if publisher else 0)  # fmt: skip
-            yield CounterMetricFamily("digitd_mqtt_dropped", "MQTT messages dropped from a full outbox",
-                                      value=publisher.stats.dropped if publisher else 0)  # fmt: skip
-            yield GaugeMetricFamily("digitd_mqtt_connected", "1 while connected to the broker",
-                                    value=1 if publisher is not None and publisher.stats.connected else 0)  # fmt: skip
-            latency = stats.latency_buckets
-            yield HistogramMetricFamily("digitd_latency_seconds", "Capture to publish latency",
-                                        buckets=latency.cumulative(), sum_value=latency.total)  # fmt: skip
-            batches = stats.batch_buckets
-            yield HistogramMetricFamily("digitd_batch_size", "Crops per inference call",
-                                        buckets=batches.cumulative(), sum_value=batches.total)  # fmt: skip
+
+
+def metrics_text(snapshot):
+    """Prometheus exposition text of a stats snapshot (raises ImportError without prometheus_client)."""
+    from prometheus_client import CollectorRegistry, generate_latest
 
     registry = CollectorRegistry()
-    registry.register(PipelineCollector())
+    registry.register(SnapshotCollector(snapshot))
     return generate_latest(registry)
 
 
-UPLOAD_PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>digitd: read a digit</title>
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<style>
-body{font-family:system-ui,sans-serif;max-width:760px;margin:2em auto;padding:0 1em;color:#222}
-h1{font-size:1.4em} .row{display:flex;gap:1.5em;flex-wrap:wrap;align-items:flex-start}
-#preview{max-width:320px;max-height:320px;border:1px solid #ccc;display:none}
-#result{font-size:1.1em} #number{font-size:3em;font-weight:700;letter-spacing:.1em}
-.err{color:#b00} table{border-collapse:collapse} td,th{padding:.2em .6em;border-bottom:1px solid #eee}
-img.snap{max-width:100%%;border:1px solid #ccc}
-</style></head><body>
-<h1>digitd on %(device)s</h1>
-<p>Upload a photo of a handwritten digit (dark ink on light paper or light on dark, any size).</p>
-<form id="form"><input type="file" id="file" name="image" accept="image/*"> <button type="submit" id="send">Read</button></form>
-<div class="row"><img id="preview" alt="uploaded image"><div id="result"></div></div>
-<h2>Camera</h2><p><a href="/stream.mjpg">live stream</a> &middot; <a href="/snapshot.jpg">snapshot</a>
-&middot; <a href="/healthz">health</a> &middot; <a href="/metrics">metrics</a></p>
-<script>
-const form = document.getElementById('form'), file = document.getElementById('file');
-const preview = document.getElementById('preview'), result = document.getElementById('result');
-file.addEventListener('change', () => { if (file.files[0]) { preview.src = URL.createObjectURL(file.files[0]); preview.style.display = 'block'; } });
-form.addEventListener('submit', async (event) => {
-  event.preventDefault();
-  if (!file.files[0]) { result.innerHTML = '<p class="err">Choose an image first.</p>'; return; }
-  result.textContent = 'reading...';
-  const body = new FormData(); body.append('image', file.files[0]);
-  try {
-    const response = await fetch('/predict', {method: 'POST', body});
-    const data = await response.json();
-    if (!response.ok) { result.innerHTML = '<p class="err"></p>'; result.firstChild.textContent = data.error; return; }
-    const rows = data.digits.map(d => `<tr><td>${d.digit === null ? '?' : d.digit}</td><td>${d.confidence.toFixed(3)}</td><td>${d.box.join(', ')}</td></tr>`).join('');
-    result.innerHTML = `<div id="number">${data.number === null ? 'no digit' : data.number}</div>` +
-      `<table><tr><th>digit</th><th>confidence</th><th>box x, y, w, h</th></tr>${rows}</table>`;
-  } catch (error) { result.innerHTML = '<p class="err"></p>'; result.firstChild.textContent = String(error); }
-});
-</script></body></html>
-"""
+class Response(object):
+    """What a handler answers: status, body (bytes, str or JSON-able), content type, headers."""
+
+    def __init__(self, status, body, content_type="application/json", headers=None):
+        self.status = status
+        self.body = body
+        self.content_type = content_type
+        self.headers = headers or {}
+
+
+def error(status, message, headers=None):
+    return Response(status, {"error": message}, headers=headers)
 
 
 class _Server(socketserver.ThreadingMixIn, HTTPServer):
@@ -202,9 +187,8 @@ class WebServer(object):
         return self._server.server_address[1]
 
     def start(self):
-        server = _Server(
-            (self.settings.bind, self.settings.port), _handler_class(self), self.settings.max_connections
-        )
+        server = _Server((self.settings.bind, self.settings.port), Handler, self.settings.max_connections)
+        server.web = self
         self._server = server
         self._thread = threading.Thread(
             target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="http"
@@ -220,25 +204,112 @@ class WebServer(object):
             self._server.shutdown()
             self._server.server_close()
 
-    def health(self):
-        return self.pipeline.health(self.pipeline.config.service.health_timeout_s)
-
-    def snapshot(self):
-        view = self.pipeline.last_view
-        return None if view is None else encode_jpeg(annotate(view))
-
-    def predict(self, data):
+    def predict(self, data, roi_mode="center"):
         """Read an upload. At most MAX_CONCURRENT_UPLOADS at once (UploadsBusy beyond), and the
         backend is held only while it runs, so the camera keeps its frame rate."""
         if not self.uploads.acquire(False):
             raise UploadsBusy("%d uploads are being read; try again shortly" % MAX_CONCURRENT_UPLOADS)
         try:
             image = decode_image(data, max_pixels=self.settings.max_pixels)
-            reader = reader_for(self.pipeline)
-            reader.lock = self.pipeline.infer_lock
-            return reader.read_image(image)
+            return self.pipeline.read_still(image, roi_mode)
         finally:
             self.uploads.release()
+
+
+# -- handlers: (web, request) -> Response, or None when they answered themselves ------------
+def get_health(web, request):
+    healthy, detail = web.pipeline.health()
+    return Response(200 if healthy else 503, detail)
+
+
+def get_metrics(web, request):
+    try:
+        text = metrics_text(web.pipeline.stats_snapshot())
+    except ImportError:
+        return error(501, "prometheus_client is not installed")
+    return Response(200, text, "text/plain; version=0.0.4; charset=utf-8")
+
+
+def get_snapshot(web, request):
+    view = web.pipeline.latest_view()
+    if view is None:
+        return error(503, "no frame yet")
+    return Response(200, encode_jpeg(annotate(view)), "image/jpeg")
+
+
+def get_upload_page(web, request):
+    with open(UPLOAD_PAGE, "rb") as handle:
+        page = handle.read().decode("utf-8")
+    page = page.replace("{{device}}", html.escape(web.pipeline.config.device_id))
+    return Response(200, page, "text/html; charset=utf-8")
+
+
+def get_stream(web, request):
+    """MJPEG of the annotated frames at most ``http.stream_fps``; answers by itself."""
+    if not web.streams.acquire(blocking=False):
+        return error(503, "too many stream clients (max %d)" % web.settings.max_streams)
+    try:
+        request.send_response(200)
+        request.send_header("Content-Type", "multipart/x-mixed-replace; boundary=%s" % BOUNDARY)
+        request.send_header("Cache-Control", "no-store")
+        request.send_header("Connection", "close")
+        request.end_headers()
+        request.close_connection = True
+        period = 1.0 / web.settings.stream_fps
+        last_index = None
+        while not web.stopping.is_set():
+            view = web.pipeline.latest_view()
+            if view is not None and view.frame.index != last_index:
+                last_index = view.frame.index
+                data = encode_jpeg(annotate(view))
+                head = "--%s\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % (
+                    BOUNDARY,
+                    len(data),
+                )
+                request.wfile.write(head.encode("ascii") + data + b"\r\n")
+                request.wfile.flush()
+            time.sleep(period)
+    except (BrokenPipeError, ConnectionResetError, socket.timeout):
+        pass
+    finally:
+        web.streams.release()
+    return None
+
+
+def post_predict(web, request):
+    """An image in the body (raw or multipart); ``?roi=center|segment|grid|boxes``."""
+    roi_mode = (parse_qs(urlsplit(request.path).query).get("roi") or ["center"])[0]
+    if roi_mode not in STILL_ROI_MODES:
+        return error(400, "roi must be one of %s, not %r" % (", ".join(STILL_ROI_MODES), roi_mode))
+    try:
+        length = int(request.headers.get("Content-Length") or -1)
+    except ValueError:
+        length = -1
+    if length < 0:
+        return error(411, "Content-Length required")
+    if length > web.settings.max_body_bytes:
+        request.close_connection = True  # do not read a body we refuse
+        return error(413, "body of %d bytes exceeds the limit of %d" % (length, web.settings.max_body_bytes))
+    body = request.rfile.read(length)
+    content_type = request.headers.get("Content-Type", "")
+    try:
+        data = _parse_multipart(content_type, body) if content_type.startswith("multipart/") else body
+        return Response(200, web.predict(data, roi_mode))
+    except UploadsBusy as exc:
+        return error(503, str(exc), {"Retry-After": "1"})
+    except ImageError as exc:
+        return error(400, str(exc))
+
+
+ROUTES = {
+    ("GET", "/healthz"): get_health,
+    ("GET", "/metrics"): get_metrics,
+    ("GET", "/snapshot.jpg"): get_snapshot,
+    ("GET", "/stream.mjpg"): get_stream,
+    ("GET", "/"): get_upload_page,
+    ("GET", "/index.html"): get_upload_page,
+    ("POST", "/predict"): post_predict,
+}
 
 
 def _parse_multipart(content_type, body):
@@ -263,142 +334,56 @@ def _parse_multipart(content_type, body):
     raise ImageError("no file in the upload (field 'image')")
 
 
-def _handler_class(web):
-    class Handler(BaseHTTPRequestHandler):
-        server_version = "digitd"
-        protocol_version = "HTTP/1.1"
-        timeout = web.settings.idle_timeout_s  # socket timeout: idle keep-alive connections are closed
+class Handler(BaseHTTPRequestHandler):
+    """Dispatches each request through ROUTES; the server's ``web`` is the WebServer."""
 
-        def log_message(self, fmt, *args):
-            log.debug("http %s: " + fmt, self.client_address[0], *args)
+    server_version = "digitd"
+    protocol_version = "HTTP/1.1"
 
-        def _send(self, status, body, content_type="application/json", extra=None):
-            if isinstance(body, (dict, list)):
-                body = json.dumps(body).encode("utf-8")
-            elif isinstance(body, str):
-                body = body.encode("utf-8")
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Cache-Control", "no-store")
-            for key, value in (extra or {}).items():
-                self.send_header(key, value)
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(body)
+    def setup(self):
+        self.timeout = self.server.web.settings.idle_timeout_s  # idle keep-alive connections are closed
+        BaseHTTPRequestHandler.setup(self)
 
-        def _error(self, status, message, headers=None):
-            self._send(status, {"error": message}, extra=headers)
+    def log_message(self, fmt, *args):
+        log.debug("http %s: " + fmt, self.client_address[0], *args)
 
-        def do_GET(self):  # noqa: N802 - http.server's naming
-            path = self.path.split("?", 1)[0]
-            try:
-                if path == "/healthz":
-                    healthy, detail = web.health()
-                    self._send(200 if healthy else 503, detail)
-                elif path == "/metrics":
-                    try:
-                        text = metrics_text(web.pipeline)
-                    except ImportError:
-                        self._error(501, "prometheus_client is not installed")
-                        return
-                    self._send(200, text, "text/plain; version=0.0.4; charset=utf-8")
-                elif path == "/snapshot.jpg":
-                    data = web.snapshot()
-                    if data is None:
-                        self._error(503, "no frame yet")
-                    else:
-                        self._send(200, data, "image/jpeg")
-                elif path == "/stream.mjpg":
-                    self._stream()
-                elif path in ("/", "/index.html"):
-                    self._send(
-                        200,
-                        UPLOAD_PAGE % {"device": web.pipeline.config.device_id},
-                        "text/html; charset=utf-8",
-                    )
-                else:
-                    self._error(404, "not found: %s" % path)
-            except (BrokenPipeError, ConnectionResetError):
-                pass
-            except Exception as exc:  # noqa: BLE001 - a request must never take the daemon down
-                log.exception("GET %s failed", path)
-                self._error(500, "internal error: %s" % exc)
+    def do_GET(self):  # noqa: N802 - http.server's naming
+        self._dispatch("GET")
 
-        do_HEAD = do_GET  # noqa: N815
+    def do_HEAD(self):  # noqa: N802
+        self._dispatch("GET")
 
-        def _stream(self):
-            if not web.streams.acquire(blocking=False):
-                self._error(503, "too many stream clients (max %d)" % web.settings.max_streams)
-                return
-            try:
-                self.send_response(200)
-                self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=%s" % BOUNDARY)
-                self.send_header("Cache-Control", "no-store")
-                self.send_header("Connection", "close")
-                self.end_headers()
-                self.close_connection = True
-                period = 1.0 / web.settings.stream_fps
-                last_index = None
-                while not web.stopping.is_set():
-                    view = web.pipeline.last_view
-                    if view is not None and view[0].index != last_index:
-                        last_index = view[0].index
-                        data = encode_jpeg(annotate(view))
-                        self.wfile.write(("--%s\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n"
-                                          % (BOUNDARY, len(data))).encode("ascii") + data + b"\r\n")  # fmt: skip
-                        self.wfile.flush()
-                    time.sleep(period)
-            except (BrokenPipeError, ConnectionResetError, socket.timeout):
-                pass
-            finally:
-                web.streams.release()
+    def do_POST(self):  # noqa: N802
+        self._dispatch("POST")
 
-        def do_POST(self):  # noqa: N802
-            path = self.path.split("?", 1)[0]
-            if path != "/predict":
-                self._error(404, "not found: %s" % path)
-                return
-            try:
-                length = int(self.headers.get("Content-Length") or -1)
-            except ValueError:
-                length = -1
-            if length < 0:
-                self._error(411, "Content-Length required")
-                return
-            if length > web.settings.max_body_bytes:
-                self.close_connection = True  # do not read a body we refuse
-                self._error(
-                    413, "body of %d bytes exceeds the limit of %d" % (length, web.settings.max_body_bytes)
-                )
-                return
-            try:
-                body = self.rfile.read(length)
-                content_type = self.headers.get("Content-Type", "")
-                data = _parse_multipart(content_type, body) if content_type.startswith("multipart/") else body
-                result = web.predict(data)
-            except UploadsBusy as exc:
-                self._error(503, str(exc), {"Retry-After": "1"})
-                return
-            except ImageError as exc:
-                self._error(400, str(exc))
-                return
-            except (BrokenPipeError, ConnectionResetError, socket.timeout):
-                self.close_connection = True
-                return
-            except Exception as exc:  # noqa: BLE001
-                log.exception("POST /predict failed")
-                self._error(500, "internal error: %s" % exc)
-                return
-            self._send(200, result)
+    def _dispatch(self, method):
+        path = urlsplit(self.path).path
+        handler = ROUTES.get((method, path))
+        try:
+            if handler is None:
+                response = error(404, "not found: %s" % path)
+            else:
+                response = handler(self.server.web, self)
+            if response is not None:
+                self._send(response)
+        except (BrokenPipeError, ConnectionResetError, socket.timeout):
+            self.close_connection = True
+        except Exception as exc:  # noqa: BLE001 - a request must never take the daemon down
+            log.exception("%s %s failed", method, path)
+            self._send(error(500, "internal error: %s" % exc))
 
-    return Handler
-
-
-def reader_for(pipeline):
-    """An ImageReader on the pipeline's backend with its *current* settings (SIGHUP included)."""
-    from daemon.predict import ImageReader
-
-    reader = ImageReader(pipeline.config.backend, pipeline.preprocess_params, pipeline.min_confidence)
-    reader.backend = pipeline.backend
-    return reader
+    def _send(self, response):
+        body = response.body
+        if isinstance(body, (dict, list)):
+            body = json.dumps(body).encode("utf-8")
+        elif isinstance(body, str):
+            body = body.encode("utf-8")
+        self.send_response(response.status)
+        self.send_header("Content-Type", response.content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        for key, value in response.headers.items():
+            self.send_header(key, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)

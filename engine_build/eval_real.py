@@ -22,6 +22,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from daemon import predict
 from engine_build import run_main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -198,7 +199,7 @@ def evaluate(photos, reader, progress=None):
     """(results, scores) for every photo, read as ``predict --roi grid``."""
     results, scores = [], []
     for index, photo in enumerate(photos):
-        result = reader.read_file(str(photo.path), roi_mode="grid")
+        result = predict.read_file(reader, str(photo.path), "grid")
         results.append(result)
         scores.append(score(photo, result))
         if progress:
@@ -221,10 +222,10 @@ def parse_args(argv=None):
 
 def main(args):
     from daemon import config as config_module
-    from daemon.predict import ImageReader
+    from daemon.reader import Reader
 
     photos = load_photos(args.data, args.limit)
-    config = config_module.load(args.config) if args.config else None
+    config = config_module.load(args.config) if args.config else config_module.defaults()
 
     def progress(done, total, scored):
         if not args.quiet:
@@ -233,7 +234,7 @@ def main(args):
                   "" if scored["located"] else "  (grid not located)"), file=sys.stderr)  # fmt: skip
 
     started = time.perf_counter()
-    with ImageReader.from_config(config, [str(ROOT)]) as reader:
+    with Reader.from_config(config) as reader:
         results, scores = evaluate(photos, reader, progress)
     elapsed = time.perf_counter() - started
     summary = summarise(scores)

@@ -22,9 +22,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 @pytest.fixture(scope="module")
 def reader():
     """The shipped model with the default settings, as ``predict`` reads images."""
-    from daemon.predict import ImageReader
+    from daemon import config
+    from daemon.reader import Reader
 
-    loaded = ImageReader.from_config(None, [str(ROOT)])
+    loaded = Reader.from_config(config.defaults())
     yield loaded
     loaded.close()
 

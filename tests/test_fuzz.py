@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from daemon import config
-from daemon.predict import ImageError, ImageReader, decode_image
-from tests.conftest import ROOT, run_cli
+from daemon.predict import ImageError, decode_image
+from tests.conftest import run_cli
 
 PATH = r"(?:[A-Za-z_]\w*|\[[^\]]*\])(?:\.[A-Za-z_]\w*|\[[^\]]*\])*"
 ERROR_LINE = re.compile(r"^(?:%s|\(top level\)): .+$" % PATH, re.S)
@@ -90,16 +90,9 @@ def valid_images():
     return images
 
 
-@pytest.fixture(scope="module")
-def reader():
-    loaded = ImageReader.from_config(None, [str(ROOT)])
-    yield loaded
-    loaded.close()
-
-
 def read(reader, data):
     try:
-        result = reader.read_bytes(data)
+        result = reader.read_still(decode_image(data))
     except ImageError as error:
         assert str(error)
         return None

@@ -45,7 +45,7 @@ def test_segment_reads_91_percent_of_handwritten_numbers(reader, mnist_test, cap
     right, failures, total = 0, [], 300
     for _ in range(total):
         image, truth = synthetic.number_image(rng, *mnist_test)
-        got = reader.read_image(image, "segment")["number"]
+        got = reader.read_still(image, "segment")["number"]
         if got == truth:
             right += 1
         else:
@@ -64,7 +64,7 @@ def test_grid_reads_98_percent_of_sudoku_cells(reader, mnist_test, held_out_font
     failures = []
     for _ in range(25):
         image, truth = synthetic.sudoku_image(rng, *mnist_test, held_out_fonts)
-        grid = reader.read_image(image, "grid")["grid"]
+        grid = reader.read_still(image, "grid")["grid"]
         wrong = [(r, c) for r in range(9) for c in range(9) if grid[r][c] != truth[r][c]]
         cells += 81
         right += 81 - len(wrong)
@@ -90,7 +90,7 @@ def test_printed_digits_in_fonts_never_trained_on(reader, held_out_fonts, capsys
         for digit in range(10):
             for _ in range(6):
                 crop = synthetic.printed_crop(rng, path, digit)
-                result = reader.read_image(crop, "center")
+                result = reader.read_still(crop, "center")
                 got, confidence = None, 0.0
                 if result["digits"]:
                     got, confidence = result["digits"][0]["digit"], result["digits"][0]["confidence"]
@@ -197,7 +197,7 @@ def test_digits_stacked_in_columns_stay_in_their_lines(reader, mnist_test):
     right = 0
     for _ in range(10):
         sheet, truth = sheet_with_rows(rng, mnist_test, [4, 4], line_gap=22)
-        number = reader.read_image(synthetic.finish(sheet, rng, max_rotation=1.0), "segment")["number"]
+        number = reader.read_still(synthetic.finish(sheet, rng, max_rotation=1.0), "segment")["number"]
         assert number is not None and number.count("\n") == 1, (truth, number)  # two lines, never one
         right += number == truth
     # the misses are wide, bold 3s the model takes for two touching digits, not merged lines
@@ -218,6 +218,6 @@ def test_shadows_rules_and_dashes_are_not_read_as_digits(reader, mnist_test):
         shadow = ((xx - width * 0.85) / 70.0) ** 2 + ((yy - height * 0.6) / 120.0) ** 2 < 1
         sheet *= 1 - 0.45 * cv2.GaussianBlur(shadow.astype(np.float32), (0, 0), 8)
         right += (
-            reader.read_image(synthetic.finish(sheet, rng, max_rotation=1.0), "segment")["number"] == truth
+            reader.read_still(synthetic.finish(sheet, rng, max_rotation=1.0), "segment")["number"] == truth
         )
     assert right >= 9

@@ -39,8 +39,8 @@ def test_a_turned_photo_reads_the_same_grid(reader, photos, turn):
     """Phones store photos sideways and EXIF flags lie: the grid comes out with its digits upright."""
     photo = next(p for p in photos if p.path.name == "image1.jpg")
     image = cv2.imread(str(photo.path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-    upright = eval_real.grid_array(reader.read_image(image, "grid"))
-    turned = eval_real.grid_array(reader.read_image(cv2.rotate(image, turn), "grid"))
+    upright = eval_real.grid_array(reader.read_still(image, "grid"))
+    turned = eval_real.grid_array(reader.read_still(cv2.rotate(image, turn), "grid"))
     assert (turned == upright).all()
     assert (upright == photo.digits).sum() >= 79
 
@@ -61,7 +61,7 @@ def test_a_negative_of_the_photo_reads_the_same_grid(reader, photos):
     """Light ink on dark paper (a negative, a backlit display) is read like dark on light."""
     photo = next(p for p in photos if p.path.name == "image2.jpg")
     image = cv2.imread(str(photo.path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-    positive = eval_real.grid_array(reader.read_image(image, "grid"))
-    negative = eval_real.grid_array(reader.read_image(255 - image, "grid"))
+    positive = eval_real.grid_array(reader.read_still(image, "grid"))
+    negative = eval_real.grid_array(reader.read_still(255 - image, "grid"))
     assert (positive == negative).sum() >= 80
     assert (positive == photo.digits).sum() >= 80
