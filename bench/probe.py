@@ -61,12 +61,18 @@ def main(args):
         {"mode": "boxes", "boxes": box_grid(args.boxes, width, height)} if args.boxes else {"mode": "center"}
     )
     mqtt = {"enabled": bool(args.mqtt_port), "host": "127.0.0.1", "port": args.mqtt_port or 1883}
-    config = config_module.from_dict({
-        "device_id": "bench", "log_level": "WARNING", "stats_interval_s": 3600,
-        "source": {"type": "file", "path": args.video, "realtime": args.realtime},
-        "roi": roi, "backend": {"type": args.backend, "threads": args.threads}, "mqtt": mqtt,
-        "http": {"enabled": False},
-    })  # fmt: skip
+    config = config_module.from_dict(
+        {
+            "device_id": "bench",
+            "log_level": "WARNING",
+            "stats_interval_s": 3600,
+            "source": {"type": "file", "path": args.video, "realtime": args.realtime},
+            "roi": roi,
+            "backend": {"type": args.backend, "threads": args.threads},
+            "mqtt": mqtt,
+            "http": {"enabled": False},
+        }
+    )
     pipeline = Pipeline(config).open()
     loaded = time.monotonic()
     first_output = [None]

@@ -85,9 +85,16 @@ def bench_classifier(batches, repetitions, threads):
     rows = []
     for (name, b), samples in timings.items():
         p50 = percentile(samples, 50)
-        rows.append({"runtime": name, "batch": b, "calls": len(samples), "latency_p50_ms": round(p50 * 1e3, 3),
-                     "latency_p99_ms": round(percentile(samples, 99) * 1e3, 3),
-                     "images_per_s": round(b / p50, 1)})  # fmt: skip
+        rows.append(
+            {
+                "runtime": name,
+                "batch": b,
+                "calls": len(samples),
+                "latency_p50_ms": round(p50 * 1e3, 3),
+                "latency_p99_ms": round(percentile(samples, 99) * 1e3, 3),
+                "images_per_s": round(b / p50, 1),
+            }
+        )
     for row in rows:
         reference = next(r for r in rows if r["runtime"] == "onnxruntime fp32" and r["batch"] == row["batch"])
         row["ratio_to_onnxruntime_fp32"] = round(row["images_per_s"] / reference["images_per_s"], 3)
@@ -112,9 +119,26 @@ def ensure_video(width, height, digits):
     VIDEOS.mkdir(parents=True, exist_ok=True)
     path = VIDEOS / ("digits_%dx%d_%d.mp4" % (width, height, digits))
     if not path.exists():
-        subprocess.run([sys.executable, "-m", "engine_build.make_video", "--output", str(path), "--width", str(width),
-                        "--height", str(height), "--digits", str(digits), "--frames-per-digit", "6"],
-                       cwd=str(ROOT), check=True, stdout=subprocess.DEVNULL)  # fmt: skip
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "engine_build.make_video",
+                "--output",
+                str(path),
+                "--width",
+                str(width),
+                "--height",
+                str(height),
+                "--digits",
+                str(digits),
+                "--frames-per-digit",
+                "6",
+            ],
+            cwd=str(ROOT),
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
     return path
 
 
@@ -251,27 +275,74 @@ def plots(report):
 
 
 def markdown(report):
-    lines = ["# digitd benchmark", "", "Host: %s, %d cores, Python %s. Command: `%s`." % (
-        report["host"]["machine"], report["host"]["cores"], report["host"]["python"], report["command"]), ""]  # fmt: skip
-    lines += ["## Classifier (median of interleaved calls, %d threads)" % report["threads"], "",
-              "| runtime | batch | p50 ms | p99 ms | images/s | vs ORT fp32 |", "| --- | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
+    lines = [
+        "# digitd benchmark",
+        "",
+        "Host: %s, %d cores, Python %s. Command: `%s`."
+        % (report["host"]["machine"], report["host"]["cores"], report["host"]["python"], report["command"]),
+        "",
+    ]
+    lines += [
+        "## Classifier (median of interleaved calls, %d threads)" % report["threads"],
+        "",
+        "| runtime | batch | p50 ms | p99 ms | images/s | vs ORT fp32 |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for r in sorted(report["classifier"], key=lambda r: (r["batch"], r["runtime"])):
-        lines.append("| %s | %d | %.3f | %.3f | %.0f | %.2f |" % (r["runtime"], r["batch"], r["latency_p50_ms"],
-                     r["latency_p99_ms"], r["images_per_s"], r["ratio_to_onnxruntime_fp32"]))  # fmt: skip
+        lines.append(
+            "| %s | %d | %.3f | %.3f | %.0f | %.2f |"
+            % (
+                r["runtime"],
+                r["batch"],
+                r["latency_p50_ms"],
+                r["latency_p99_ms"],
+                r["images_per_s"],
+                r["ratio_to_onnxruntime_fp32"],
+            )
+        )
     limit = report["physical_limit"]
-    lines += ["", "## Physical limit", "",
-              "Model: %.2f MFLOPs per image. CPU peak (float32 matmul, all cores): %.1f GFLOPS." % (
-                  limit["model_mflops"], limit["cpu_peak_gflops"]),
-              "Best measured: %s at batch %d, %.0f images/s = %.1f GFLOPS = %.0f %% of peak; the peak allows "
-              "at most %.0f images/s." % (limit["best_runtime"], limit["best_batch"], limit["best_images_per_s"],
-                                          limit["achieved_gflops"], limit["percent_of_peak"], limit["peak_images_per_s"]),
-              ""]  # fmt: skip
-    lines += ["## Pipeline", "", "| kind | backend | frame | ROIs | fps | CPU ms/frame | p50 ms | p99 ms | dropped | peak RSS MB | start to first prediction s |",
-              "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
+    lines += [
+        "",
+        "## Physical limit",
+        "",
+        "Model: %.2f MFLOPs per image. CPU peak (float32 matmul, all cores): %.1f GFLOPS."
+        % (limit["model_mflops"], limit["cpu_peak_gflops"]),
+        "Best measured: %s at batch %d, %.0f images/s = %.1f GFLOPS = %.0f %% of peak; the peak allows "
+        "at most %.0f images/s."
+        % (
+            limit["best_runtime"],
+            limit["best_batch"],
+            limit["best_images_per_s"],
+            limit["achieved_gflops"],
+            limit["percent_of_peak"],
+            limit["peak_images_per_s"],
+        ),
+        "",
+    ]
+    lines += [
+        "## Pipeline",
+        "",
+        "| kind | backend | frame | ROIs | fps | CPU ms/frame | p50 ms | p99 ms | dropped | peak RSS MB | start to first prediction s |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for r in report["pipeline"] + report["paced"] + report["growth"]:
-        lines.append("| %s | %s | %dx%d | %d | %.1f | %.2f | %.2f | %.2f | %d | %.0f | %.2f |" % (
-            r["kind"], r["backend"], r["frame_size"][0], r["frame_size"][1], r["rois"], r["fps"], r["cpu_ms_per_frame"],
-            r["latency_p50_ms"], r["latency_p99_ms"], r["dropped"], r["peak_rss_mb"], r["startup_to_first_prediction_s"]))  # fmt: skip
+        lines.append(
+            "| %s | %s | %dx%d | %d | %.1f | %.2f | %.2f | %.2f | %d | %.0f | %.2f |"
+            % (
+                r["kind"],
+                r["backend"],
+                r["frame_size"][0],
+                r["frame_size"][1],
+                r["rois"],
+                r["fps"],
+                r["cpu_ms_per_frame"],
+                r["latency_p50_ms"],
+                r["latency_p99_ms"],
+                r["dropped"],
+                r["peak_rss_mb"],
+                r["startup_to_first_prediction_s"],
+            )
+        )
     lines += ["", "## Targets", "", "| target | measured | met |", "| --- | --- | --- |"]
     for t in report["targets"]:
         lines.append("| %s | %s | %s |" % (t["target"], t["measured"], "yes" if t["met"] else "**no**"))
@@ -284,36 +355,74 @@ def targets(report):
         return next((r for r in report["classifier"] if r["runtime"] == name and r["batch"] == batch), None)
 
     def pipeline(backend, kind="unpaced", size=(640, 480), rois=1):
-        return next((r for r in report["pipeline"] + report["paced"] if r["backend"].startswith(backend)
-                     and r["kind"] == kind and tuple(r["frame_size"]) == size and r["rois"] == rois), None)  # fmt: skip
+        return next(
+            (
+                r
+                for r in report["pipeline"] + report["paced"]
+                if r["backend"].startswith(backend)
+                and r["kind"] == kind
+                and tuple(r["frame_size"]) == size
+                and r["rois"] == rois
+            ),
+            None,
+        )
 
     out = []
     ort64 = classifier("onnxruntime fp32", 64)
     if ort64:
-        out.append({"target": "ONNX Runtime >= 20,000 images/s at batch 64", "measured": "%.0f" % ort64["images_per_s"],
-                    "met": ort64["images_per_s"] >= 20000})  # fmt: skip
+        out.append(
+            {
+                "target": "ONNX Runtime >= 20,000 images/s at batch 64",
+                "measured": "%.0f" % ort64["images_per_s"],
+                "met": ort64["images_per_s"] >= 20000,
+            }
+        )
     tf1 = classifier("tensorflow compiled", 1)
     if tf1:
-        out.append({"target": "TensorFlow compiled call <= 1 ms at batch 1", "measured": "%.3f ms" % tf1["latency_p50_ms"],
-                    "met": tf1["latency_p50_ms"] <= 1.0})  # fmt: skip
+        out.append(
+            {
+                "target": "TensorFlow compiled call <= 1 ms at batch 1",
+                "measured": "%.3f ms" % tf1["latency_p50_ms"],
+                "met": tf1["latency_p50_ms"] <= 1.0,
+            }
+        )
     for backend, goal in (("onnxruntime", 300), ("tensorflow", 150)):
         row = pipeline(backend)
         if row:
-            out.append({"target": "pipeline >= %d fps unpaced, %s, centre ROI, 640x480" % (goal, backend),
-                        "measured": "%.1f fps" % row["fps"], "met": row["fps"] >= goal})  # fmt: skip
+            out.append(
+                {
+                    "target": "pipeline >= %d fps unpaced, %s, centre ROI, 640x480" % (goal, backend),
+                    "measured": "%.1f fps" % row["fps"],
+                    "met": row["fps"] >= goal,
+                }
+            )
     for row in report["paced"]:
-        out.append({"target": "p99 frame-to-publish <= 20 ms at 30 fps (%s)" % row["backend"],
-                    "measured": "%.2f ms" % row["latency_p99_ms"], "met": row["latency_p99_ms"] <= 20})  # fmt: skip
+        out.append(
+            {
+                "target": "p99 frame-to-publish <= 20 ms at 30 fps (%s)" % row["backend"],
+                "measured": "%.2f ms" % row["latency_p99_ms"],
+                "met": row["latency_p99_ms"] <= 20,
+            }
+        )
     for backend, limit in (("onnxruntime", 200), ("tensorflow", 1024)):
         row = pipeline(backend)
         if row:
-            out.append({"target": "RSS <= %d MB with %s" % (limit, backend), "measured": "%.0f MB" % row["peak_rss_mb"],
-                        "met": row["peak_rss_mb"] <= limit})  # fmt: skip
+            out.append(
+                {
+                    "target": "RSS <= %d MB with %s" % (limit, backend),
+                    "measured": "%.0f MB" % row["peak_rss_mb"],
+                    "met": row["peak_rss_mb"] <= limit,
+                }
+            )
     row = pipeline("onnxruntime")
     if row:
-        out.append({"target": "start-up to first prediction <= 3 s with ONNX Runtime",
-                    "measured": "%.2f s" % row["startup_to_first_prediction_s"],
-                    "met": row["startup_to_first_prediction_s"] <= 3})  # fmt: skip
+        out.append(
+            {
+                "target": "start-up to first prediction <= 3 s with ONNX Runtime",
+                "measured": "%.2f s" % row["startup_to_first_prediction_s"],
+                "met": row["startup_to_first_prediction_s"] <= 3,
+            }
+        )
     return out
 
 
@@ -348,7 +457,7 @@ def main(args):
             "machine": platform.processor() or platform.machine(),
             "cores": os.cpu_count(),
             "python": platform.python_version(),
-        },  # fmt: skip
+        },
         "threads": args.threads,
         "classifier": classifier,
         "physical_limit": {
@@ -366,7 +475,7 @@ def main(args):
                 "at_25_percent_efficiency_images_per_s": round(0.25 * NANO_FP16_PEAK_GFLOPS * 1e3 / mflops),
                 "note": "estimate from FLOPs, not a measurement",
             },
-        },  # fmt: skip
+        },
     }
     print("pipeline (a fresh process per configuration)", flush=True)
     report["pipeline"] = bench_pipeline(digits, backends)

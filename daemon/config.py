@@ -26,8 +26,9 @@ class ConfigError(Exception):
 class Field(object):
     """One key: its type, default, allowed values or range, and its documentation."""
 
-    def __init__(self, kind, default, doc, choices=None, minimum=None, maximum=None,
-                 secret=False, live=False):  # fmt: skip
+    def __init__(
+        self, kind, default, doc, choices=None, minimum=None, maximum=None, secret=False, live=False
+    ):
         self.kind = kind  # str, int, float, bool, or a Schema / ListOf
         self.default = default
         self.doc = doc
@@ -90,34 +91,87 @@ class Section(object):
 
 PREPROCESS = Schema(
     {
-        "blur_kernel": Field(int, 5, "Gaussian blur kernel for a 200 px crop, scaled with the crop (odd, 0 = off)", minimum=0, maximum=31, live=True),
-        "threshold": Field(str, "otsu", "binarisation: otsu, fixed or adaptive",
-                           choices=("otsu", "fixed", "adaptive"), live=True),
+        "blur_kernel": Field(
+            int,
+            5,
+            "Gaussian blur kernel for a 200 px crop, scaled with the crop (odd, 0 = off)",
+            minimum=0,
+            maximum=31,
+            live=True,
+        ),
+        "threshold": Field(
+            str,
+            "otsu",
+            "binarisation: otsu, fixed or adaptive",
+            choices=("otsu", "fixed", "adaptive"),
+            live=True,
+        ),
         "fixed_threshold": Field(int, 128, "level for threshold: fixed", minimum=0, maximum=255, live=True),
-        "adaptive_block_size": Field(int, 31, "neighbourhood for threshold: adaptive", minimum=3,
-                                     maximum=255, live=True),
+        "adaptive_block_size": Field(
+            int, 31, "neighbourhood for threshold: adaptive", minimum=3, maximum=255, live=True
+        ),
         "adaptive_c": Field(int, 10, "offset for threshold: adaptive", minimum=-100, maximum=100, live=True),
-        "polarity": Field(str, "auto", "auto, dark_on_light (pen on paper) or light_on_dark",
-                          choices=("auto", "dark_on_light", "light_on_dark"), live=True),
-        "morphology": Field(str, "none", "none, open, close, dilate or erode",
-                            choices=("none", "open", "close", "dilate", "erode"), live=True),
+        "polarity": Field(
+            str,
+            "auto",
+            "auto, dark_on_light (pen on paper) or light_on_dark",
+            choices=("auto", "dark_on_light", "light_on_dark"),
+            live=True,
+        ),
+        "morphology": Field(
+            str,
+            "none",
+            "none, open, close, dilate or erode",
+            choices=("none", "open", "close", "dilate", "erode"),
+            live=True,
+        ),
         "morph_kernel": Field(int, 3, "morphology kernel size", minimum=1, maximum=15, live=True),
-        "min_contrast": Field(int, 20, "grey levels between paper and ink below which a crop is empty",
-                              minimum=0, maximum=255, live=True),
-        "min_contrast_to_noise": Field(float, 6.0, "a crop whose contrast is under this many times its own "
-                                       "pixel noise is empty", minimum=0.0, maximum=100.0, live=True),
-        "min_ink_fraction": Field(float, 0.004, "crop with less ink is empty", minimum=0.0, maximum=1.0,
-                                  live=True),
-        "max_ink_fraction": Field(float, 0.6, "crop with more ink is not a digit", minimum=0.0,
-                                  maximum=1.0, live=True),
-        "min_component_fraction": Field(float, 0.08, "specks smaller than this share of the largest "
-                                        "stroke are dropped", minimum=0.0, maximum=1.0, live=True),
-        "flatten": Field(bool, True, "take the paper's uneven light (shadows, vignetting) away before "
-                         "thresholding", live=True),
-        "sharpen": Field(float, 0.75, "unsharp-mask amount that pulls blurred strokes apart (0 = off)",
-                         minimum=0.0, maximum=5.0, live=True),
+        "min_contrast": Field(
+            int,
+            20,
+            "grey levels between paper and ink below which a crop is empty",
+            minimum=0,
+            maximum=255,
+            live=True,
+        ),
+        "min_contrast_to_noise": Field(
+            float,
+            6.0,
+            "a crop whose contrast is under this many times its own pixel noise is empty",
+            minimum=0.0,
+            maximum=100.0,
+            live=True,
+        ),
+        "min_ink_fraction": Field(
+            float, 0.004, "crop with less ink is empty", minimum=0.0, maximum=1.0, live=True
+        ),
+        "max_ink_fraction": Field(
+            float, 0.6, "crop with more ink is not a digit", minimum=0.0, maximum=1.0, live=True
+        ),
+        "min_component_fraction": Field(
+            float,
+            0.08,
+            "specks smaller than this share of the largest stroke are dropped",
+            minimum=0.0,
+            maximum=1.0,
+            live=True,
+        ),
+        "flatten": Field(
+            bool,
+            True,
+            "take the paper's uneven light (shadows, vignetting) away before thresholding",
+            live=True,
+        ),
+        "sharpen": Field(
+            float,
+            0.75,
+            "unsharp-mask amount that pulls blurred strokes apart (0 = off)",
+            minimum=0.0,
+            maximum=5.0,
+            live=True,
+        ),
     }
-)  # fmt: skip
+)
 
 _BOX = Schema(
     {
@@ -132,37 +186,58 @@ _BOX = Schema(
 SCHEMA = Schema(
     {
         "device_id": Field(str, "digitd-01", "identifies this daemon in MQTT topics and payloads"),
-        "log_level": Field(str, "INFO", "DEBUG, INFO, WARNING or ERROR",
-                           choices=("DEBUG", "INFO", "WARNING", "ERROR"), live=True),
+        "log_level": Field(
+            str,
+            "INFO",
+            "DEBUG, INFO, WARNING or ERROR",
+            choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+            live=True,
+        ),
         "stats_interval_s": Field(float, 10.0, "seconds between stats messages", minimum=0.5),
         "source": Schema(
             {
-                "type": Field(str, "file", "csi, v4l2, rtsp, uri, file or images",
-                              choices=("csi", "v4l2", "rtsp", "uri", "file", "images")),
+                "type": Field(
+                    str,
+                    "file",
+                    "csi, v4l2, rtsp, uri, file or images",
+                    choices=("csi", "v4l2", "rtsp", "uri", "file", "images"),
+                ),
                 "path": Field(str, "", "video file (type file) or folder/glob (type images)"),
                 "uri": Field(str, "", "stream address (types rtsp and uri)"),
                 "device": Field(str, "/dev/video0", "V4L2 device (type v4l2)"),
                 "sensor_id": Field(int, 0, "CSI sensor (type csi)", minimum=0, maximum=7),
                 "width": Field(int, 1280, "capture width (csi, v4l2)", minimum=16, maximum=8192),
                 "height": Field(int, 720, "capture height (csi, v4l2)", minimum=16, maximum=8192),
-                "fps": Field(float, 30.0, "capture rate (csi, v4l2) and pacing (file with realtime)",
-                             minimum=0.1, maximum=240.0),
+                "fps": Field(
+                    float,
+                    30.0,
+                    "capture rate (csi, v4l2) and pacing (file with realtime)",
+                    minimum=0.1,
+                    maximum=240.0,
+                ),
                 "flip_method": Field(int, 0, "nvvidconv flip-method 0-7 (csi)", minimum=0, maximum=7),
                 "pipeline": Field(str, "", "full GStreamer pipeline, overrides the built one"),
                 "loop": Field(bool, False, "restart a video file at its end"),
                 "realtime": Field(bool, False, "pace a video file at fps (drops frames like a camera)"),
-                "wait_for_source": Field(bool, False, "at start, retry an unavailable source instead "
-                                         "of exiting 69"),
+                "wait_for_source": Field(
+                    bool, False, "at start, retry an unavailable source instead of exiting 69"
+                ),
                 "reopen_initial_delay_s": Field(float, 0.5, "first reopen delay", minimum=0.01),
                 "reopen_max_delay_s": Field(float, 30.0, "longest reopen delay", minimum=0.01),
-                "stall_timeout_s": Field(float, 5.0, "a live source silent this long is reopened",
-                                         minimum=0.1),
+                "stall_timeout_s": Field(
+                    float, 5.0, "a live source silent this long is reopened", minimum=0.1
+                ),
             }
         ),
         "roi": Schema(
             {
-                "mode": Field(str, "center", "center, boxes, segment (numbers) or grid (sudoku, forms)",
-                              choices=("center", "boxes", "segment", "grid"), live=True),
+                "mode": Field(
+                    str,
+                    "center",
+                    "center, boxes, segment (numbers) or grid (sudoku, forms)",
+                    choices=("center", "boxes", "segment", "grid"),
+                    live=True,
+                ),
                 "region": Schema(
                     {
                         "x": Field(int, 0, "left edge", minimum=0, live=True),
@@ -171,11 +246,14 @@ SCHEMA = Schema(
                         "h": Field(int, 0, "height (0 = whole frame)", minimum=0, live=True),
                     }
                 ),
-                "max_digits": Field(int, 12, "segment: most digits read per frame", minimum=1, maximum=200, live=True),
+                "max_digits": Field(
+                    int, 12, "segment: most digits read per frame", minimum=1, maximum=200, live=True
+                ),
                 "grid_rows": Field(int, 9, "grid: rows", minimum=1, maximum=50, live=True),
                 "grid_cols": Field(int, 9, "grid: columns", minimum=1, maximum=50, live=True),
-                "grid_locate": Field(bool, True, "grid: find the grid's outer frame and undo perspective",
-                                     live=True),
+                "grid_locate": Field(
+                    bool, True, "grid: find the grid's outer frame and undo perspective", live=True
+                ),
                 "size": Field(int, 200, "side of the centre square, pixels", minimum=8, live=True),
                 "boxes": Field(ListOf(_BOX), [], "fixed boxes (mode boxes): id, x, y, w, h", live=True),
             }
@@ -184,53 +262,85 @@ SCHEMA = Schema(
         "batching": Schema(
             {
                 "max_batch": Field(int, 32, "most crops in one inference call", minimum=1, maximum=1024),
-                "max_wait_ms": Field(float, 2.0, "longest wait for a batch to fill", minimum=0.0,
-                                     maximum=1000.0),
-                "queue_frames": Field(int, 8, "frames buffered between capture and inference",
-                                      minimum=1, maximum=1000),
+                "max_wait_ms": Field(
+                    float, 2.0, "longest wait for a batch to fill", minimum=0.0, maximum=1000.0
+                ),
+                "queue_frames": Field(
+                    int, 8, "frames buffered between capture and inference", minimum=1, maximum=1000
+                ),
             }
         ),
         "backend": Schema(
             {
-                "type": Field(str, "auto", "auto, tensorrt, onnxruntime or tensorflow",
-                              choices=("auto", "tensorrt", "onnxruntime", "tensorflow")),
+                "type": Field(
+                    str,
+                    "auto",
+                    "auto, tensorrt, onnxruntime or tensorflow",
+                    choices=("auto", "tensorrt", "onnxruntime", "tensorflow"),
+                ),
                 "onnx_model": Field(str, "models/digits.onnx", "ONNX model (onnxruntime)"),
                 "keras_model": Field(str, "models/digits.keras", "Keras model (tensorflow)"),
                 "engine": Field(str, "models/digits.fp16.engine", "TensorRT engine (tensorrt)"),
-                "threads": Field(int, 1, "CPU threads per inference (onnxruntime, tensorflow)",
-                                 minimum=1, maximum=64),
+                "threads": Field(
+                    int, 1, "CPU threads per inference (onnxruntime, tensorflow)", minimum=1, maximum=64
+                ),
                 "rebuild_stale": Field(bool, False, "rebuild a TensorRT engine that does not match"),
-                "zero_copy": Field(bool, False, "TensorRT: mapped host memory instead of copies (Jetson "
-                                   "iGPU shares DRAM)"),
+                "zero_copy": Field(
+                    bool, False, "TensorRT: mapped host memory instead of copies (Jetson iGPU shares DRAM)"
+                ),
             }
         ),
         "postprocess": Schema(
             {
-                "min_confidence": Field(float, 0.5, "below this a ROI reads as no digit (0.5: the digit is likelier than all else together)",
-                                        minimum=0.0, maximum=1.0, live=True),
-                "smoothing_frames": Field(int, 5, "majority vote over the last N frames per ROI",
-                                          minimum=1, maximum=1000, live=True),
+                "min_confidence": Field(
+                    float,
+                    0.5,
+                    "below this a ROI reads as no digit (0.5: the digit is likelier than all else together)",
+                    minimum=0.0,
+                    maximum=1.0,
+                    live=True,
+                ),
+                "smoothing_frames": Field(
+                    int, 5, "majority vote over the last N frames per ROI", minimum=1, maximum=1000, live=True
+                ),
             }
         ),
         "http": Schema(
             {
-                "enabled": Field(bool, True, "serve /healthz, /metrics, /snapshot.jpg, /stream.mjpg, / and /predict"),
+                "enabled": Field(
+                    bool, True, "serve /healthz, /metrics, /snapshot.jpg, /stream.mjpg, / and /predict"
+                ),
                 "bind": Field(str, "127.0.0.1", "address to listen on (0.0.0.0 exposes it to the network)"),
                 "port": Field(int, 8080, "TCP port (0 = any free port)", minimum=0, maximum=65535),
                 "max_body_bytes": Field(int, 10 * 1024 * 1024, "largest accepted upload", minimum=1024),
                 "max_pixels": Field(int, 40000000, "largest accepted image (decompression bombs)", minimum=1),
                 "stream_fps": Field(float, 10.0, "frame rate of /stream.mjpg", minimum=0.5, maximum=60.0),
                 "max_streams": Field(int, 4, "concurrent /stream.mjpg clients", minimum=1, maximum=64),
-                "max_connections": Field(int, 32, "concurrent HTTP connections (streams included); more are "
-                                         "answered 503 and closed", minimum=1, maximum=1024),
-                "idle_timeout_s": Field(float, 30.0, "close a connection that sends nothing (idle keep-alive, "
-                                        "stalled request) or takes nothing this long", minimum=0.5),
+                "max_connections": Field(
+                    int,
+                    32,
+                    "concurrent HTTP connections (streams included); more are answered 503 and closed",
+                    minimum=1,
+                    maximum=1024,
+                ),
+                "idle_timeout_s": Field(
+                    float,
+                    30.0,
+                    "close a connection that sends nothing (idle keep-alive, "
+                    "stalled request) or takes nothing this long",
+                    minimum=0.5,
+                ),
             }
         ),
         "service": Schema(
             {
-                "health_timeout_s": Field(float, 10.0, "no published frame for this long = unhealthy "
-                                          "(/healthz 503; no systemd watchdog ping unless the source is being reopened)", minimum=0.5),
+                "health_timeout_s": Field(
+                    float,
+                    10.0,
+                    "no published frame for this long = unhealthy "
+                    "(/healthz 503; no systemd watchdog ping unless the source is being reopened)",
+                    minimum=0.5,
+                ),
             }
         ),
         "mqtt": Schema(
@@ -244,13 +354,26 @@ SCHEMA = Schema(
                 "qos": Field(int, 1, "QoS of prediction messages", choices=(0, 1, 2)),
                 "username": Field(str, "", "broker user"),
                 "password": Field(str, "", "broker password; use ${DIGITD_MQTT_PASSWORD}", secret=True),
-                "password_file": Field(str, "", "read the password from this file, e.g. "
-                                       "${CREDENTIALS_DIRECTORY}/mqtt_password (systemd LoadCredential)"),
-                "queue_size": Field(int, 10000, "messages kept while disconnected (oldest dropped)",
-                                    minimum=1, maximum=10000000),
-                "spool_path": Field(str, "", "keep unacknowledged messages in this SQLite file across "
-                                    "restarts (e.g. /var/lib/digitd/outbox.sqlite); empty = memory only; a corrupt file is "
-                                    "moved aside to <file>.corrupt-<time>, an unwritable place exits 78"),
+                "password_file": Field(
+                    str,
+                    "",
+                    "read the password from this file, e.g. "
+                    "${CREDENTIALS_DIRECTORY}/mqtt_password (systemd LoadCredential)",
+                ),
+                "queue_size": Field(
+                    int,
+                    10000,
+                    "messages kept while disconnected (oldest dropped)",
+                    minimum=1,
+                    maximum=10000000,
+                ),
+                "spool_path": Field(
+                    str,
+                    "",
+                    "keep unacknowledged messages in this SQLite file across "
+                    "restarts (e.g. /var/lib/digitd/outbox.sqlite); empty = memory only; a corrupt file is "
+                    "moved aside to <file>.corrupt-<time>, an unwritable place exits 78",
+                ),
                 "reconnect_min_s": Field(float, 1.0, "first reconnect delay", minimum=0.1),
                 "reconnect_max_s": Field(float, 60.0, "longest reconnect delay", minimum=0.1),
                 "tls": Schema(
@@ -265,7 +388,7 @@ SCHEMA = Schema(
             }
         ),
     }
-)  # fmt: skip
+)
 
 
 def _type_name(kind):
@@ -320,8 +443,10 @@ def _check_scalar(field, value, path, errors):
         # YAML 1.1 reads unquoted 0123 as 83, 0x1F as 31, 12:30 as 750: converting back would
         # silently change a password or an id, so the user must quote it.
         shown = _value_kind(value) if field.secret else "%s %r" % (_value_kind(value), value)
-        errors.append("%s: expected a string, got %s; put it in quotes in the YAML file (YAML converts "
-                      "unquoted numbers, times and dates)" % (path, shown))  # fmt: skip
+        errors.append(
+            "%s: expected a string, got %s; put it in quotes in the YAML file (YAML converts "
+            "unquoted numbers, times and dates)" % (path, shown)
+        )
         return field.default
     if field.choices is not None and value not in field.choices:
         errors.append("%s: %r is not one of %s" % (path, value, ", ".join(str(c) for c in field.choices)))

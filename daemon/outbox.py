@@ -135,8 +135,12 @@ class SqliteOutbox(MemoryOutbox):
             self._drop_oldest()
             self.dropped_at_start += 1
         if self.dropped_at_start:
-            log.warning("MQTT spool %s: dropped the %d oldest message(s) to fit mqtt.queue_size %d",
-                        path, self.dropped_at_start, limit)  # fmt: skip
+            log.warning(
+                "MQTT spool %s: dropped the %d oldest message(s) to fit mqtt.queue_size %d",
+                path,
+                self.dropped_at_start,
+                limit,
+            )
 
     def _open(self, path):
         """Connect and read every spooled row; the connection is closed again on failure."""
@@ -168,8 +172,13 @@ class SqliteOutbox(MemoryOutbox):
             raise SpoolError(
                 "mqtt.spool_path: %s is unreadable (%s) and cannot be moved aside (%s)" % (path, error, exc)
             ) from exc
-        log.error("MQTT spool %s is corrupt (%s): moved aside to %s; starting a fresh spool; "
-                  "its unsent messages are lost", path, error, aside)  # fmt: skip
+        log.error(
+            "MQTT spool %s is corrupt (%s): moved aside to %s; starting a fresh spool; "
+            "its unsent messages are lost",
+            path,
+            error,
+            aside,
+        )
 
     @property
     def durable(self):
@@ -197,9 +206,13 @@ class SqliteOutbox(MemoryOutbox):
 
     def _give_up_spool(self, error):
         """A write failed (disk full, I/O error): carry on in memory, which the base class keeps anyway."""
-        log.error("MQTT spool %s: write failed (%s); keeping messages in memory only until the next start "
-                  "(they are lost if the daemon stops before the broker has them; rows already on disk "
-                  "may be sent again)", self.path, error)  # fmt: skip
+        log.error(
+            "MQTT spool %s: write failed (%s); keeping messages in memory only until the next start "
+            "(they are lost if the daemon stops before the broker has them; rows already on disk "
+            "may be sent again)",
+            self.path,
+            error,
+        )
         db, self._db = self._db, None
         try:
             db.close()

@@ -47,15 +47,18 @@ class FrameView(object):
 
 
 class Pipeline(object):
-    """Wires the stages from a config. ``run()`` blocks until the input ends or ``stop()``."""
+    """Wires the stages from a config. ``run()`` blocks until the input ends or ``stop()``.
 
-    def __init__(self, config):
+    ``source`` and ``publisher`` replace the configured ones (tests, embedding); ``open``
+    starts them like its own."""
+
+    def __init__(self, config, source=None, publisher=None):
         self.config = config
         self.stats = PipelineStats()
         self.stop_event = threading.Event()
         self.backend = None
-        self.source = None
-        self.publisher = None
+        self.source = source
+        self.publisher = publisher
         self.reader = None
         self.ready_since = None
         self.input_ended = False  # the source reached its end (a file), not a stop request
@@ -74,8 +77,9 @@ class Pipeline(object):
         """Load the backend, start MQTT, open the source (raises BackendUnavailable/SourceError)."""
         self.backend = backends.load_backend(self.config.backend, self.config.batching.max_batch)
         self.reader = Reader.from_config(self.config, self.backend, self._infer_lock)
-        self.publisher = publish.create_publisher(self.config.mqtt, self.config.device_id).start()
-        self.source = sources.create_source(self.config.source).start()
+        self.publisher = self.publisher or publish.create_publisher(self.config.mqtt, self.config.device_id)
+        self.publisher.start()
+        self.source = (self.source or sources.create_source(self.config.source)).start()
         self.ready_since = time.monotonic()
         return self
 
@@ -173,8 +177,16 @@ class Pipeline(object):
             "alive": backend_loaded and not stopping and (flowing or source_state == "reconnecting"),
             "last_output_age_s": None if age is None else round(age, 3),
         }
-        for key in ("backend", "source_state", "frames_in", "frames_out", "dropped_frames", "source_reconnects",
-                    "mqtt_connected", "mqtt_last_error"):  # fmt: skip
+        for key in (
+            "backend",
+            "source_state",
+            "frames_in",
+            "frames_out",
+            "dropped_frames",
+            "source_reconnects",
+            "mqtt_connected",
+            "mqtt_last_error",
+        ):
             detail[key] = snapshot[key]
         return healthy, detail
 

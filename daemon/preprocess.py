@@ -32,7 +32,6 @@ WORK_SIZE = 128
 BLUR_REFERENCE = 200.0
 POLARITY_SIZE = 64  # polarity is judged on a copy this small: it needs the strokes, not detail
 SHARPEN_FRACTION = 24.0
-POLARITIES = ("auto", "dark_on_light", "light_on_dark")
 
 
 def normalise_uint8(images):

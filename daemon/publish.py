@@ -165,8 +165,13 @@ class MqttPublisher(object):
         self._thread = threading.Thread(target=self._send_loop, name="mqtt-sender")
         self._thread.daemon = True
         self._thread.start()
-        log.info("MQTT: connecting to %s:%d as %s%s", s.host, s.port, client_id,
-                 " with TLS" if s.tls.enabled else "")  # fmt: skip
+        log.info(
+            "MQTT: connecting to %s:%d as %s%s",
+            s.host,
+            s.port,
+            client_id,
+            " with TLS" if s.tls.enabled else "",
+        )
         return self
 
     def stop(self, flush_timeout=5.0):
@@ -203,16 +208,18 @@ class MqttPublisher(object):
             self._outbox.close()
 
     # -- publishing ------------------------------------------------------------------------
-    def publish(self, kind, payload, qos=None, retain=False, raw=False):
+    def publish(self, kind, payload, qos=None, retain=False):
         """Queue a message for ``<prefix>/<device_id>/<kind>``; never blocks."""
-        body = payload.encode("utf-8") if raw else encode(payload)
+        body = encode(payload)
         message = Message(self.topic(kind), body, self.settings.qos if qos is None else qos, retain)
         with self._wake:
             if self._outbox.append(message):
                 self.stats.dropped += 1
                 if not self._overflow_logged:
-                    log.warning("MQTT: outbox full (%d); dropping the oldest messages until the broker is back",
-                                self.settings.queue_size)  # fmt: skip
+                    log.warning(
+                        "MQTT: outbox full (%d); dropping the oldest messages until the broker is back",
+                        self.settings.queue_size,
+                    )
                     self._overflow_logged = True
             self.stats.pending = len(self._outbox)
             self.stats.spool_failures = self._outbox.spool_failures
@@ -300,8 +307,10 @@ class MqttPublisher(object):
         if code != 0:
             text = _CONNACK_REASONS.get(code, str(reason))
             self._connack_refused = True
-            self._connect_failed("broker %s:%d refused the connection: %s (code %s)"
-                                 % (self.settings.host, self.settings.port, text, code))  # fmt: skip
+            self._connect_failed(
+                "broker %s:%d refused the connection: %s (code %s)"
+                % (self.settings.host, self.settings.port, text, code)
+            )
             return
         outage = time.monotonic() - (self.stats.disconnected_since or time.monotonic())
         self.stats.connects += 1
@@ -333,11 +342,15 @@ class MqttPublisher(object):
                 return
             code = getattr(reason, "value", reason)
             if code == MQTT_ERR_KEEPALIVE or "keep alive" in str(reason).lower():
-                self._connect_failed("no CONNACK from %s:%d within keepalive_s (%d s): is it an MQTT broker?"
-                                     % (self.settings.host, self.settings.port, self.settings.keepalive_s))  # fmt: skip
+                self._connect_failed(
+                    "no CONNACK from %s:%d within keepalive_s (%d s): is it an MQTT broker?"
+                    % (self.settings.host, self.settings.port, self.settings.keepalive_s)
+                )
             else:
-                self._connect_failed("connection to %s:%d closed before CONNACK (%s)"
-                                     % (self.settings.host, self.settings.port, reason))  # fmt: skip
+                self._connect_failed(
+                    "connection to %s:%d closed before CONNACK (%s)"
+                    % (self.settings.host, self.settings.port, reason)
+                )
 
     def _on_publish(self, client, userdata, mid, *args):
         with self._wake:
@@ -367,7 +380,7 @@ class NullPublisher(object):
     def topic(self, kind):
         return "%s/%s/%s" % (self.settings.prefix, self.device_id, kind)
 
-    def publish(self, kind, payload, qos=None, retain=False, raw=False):
+    def publish(self, kind, payload, qos=None, retain=False):
         self.stats.published += 1
         log.debug("%s %s", self.topic(kind), payload)
 

@@ -5,7 +5,13 @@ picks it by name. Modes that find digits themselves (segment, grid) return the
 same Roi objects with ``line`` set, so the pipeline never changes.
 """
 
+import itertools
 import logging
+
+import cv2
+import numpy as np
+
+from daemon.preprocess import region_ink_is_bright, to_gray
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +99,6 @@ def create_extractor(settings, mode=None, scale=1.0):
 
 def _region_gray(image, region):
     """(gray crop of ``region`` or the whole image, its x offset, its y offset)."""
-    from daemon.preprocess import to_gray
-
     gray = to_gray(image)
     if region is None:
         return gray, 0, 0
@@ -105,9 +109,6 @@ def _region_gray(image, region):
 def _ink_mask(gray, block_fraction=0.08, offset=12, ink_bright=None):
     """Binary mask of ink (dark on light or light on dark) with local (adaptive) thresholding;
     ``ink_bright`` None: the polarity is judged here (``preprocess.region_ink_is_bright``)."""
-    import cv2
-
-    from daemon.preprocess import region_ink_is_bright
 
     if ink_bright is None:
         ink_bright = region_ink_is_bright(gray)
@@ -123,9 +124,6 @@ def _stroke_mask(gray, stroke_fraction=0.1, offset=12):
     first (a closing wider than a stroke is the paper without ink), so a shadow's edge, a
     dark margin or vignetting leave nothing behind, then strokes are what stands out of the
     paper by more than ``offset`` grey levels or Otsu's level, whichever is higher."""
-    import cv2
-
-    from daemon.preprocess import region_ink_is_bright
 
     side = max(5, int(min(gray.shape) * stroke_fraction) | 1)
     kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (side, side))
@@ -142,9 +140,6 @@ def _isolated_crop(gray, labels, parts, box, margin, columns=None):
 
     Only *other* components are painted out, so the digit keeps all its ink (adaptive
     thresholds leave thick strokes hollow; painting by the digit's own mask would too)."""
-    import cv2
-    import numpy as np
-
     x, y, w, h = box
     height, width = gray.shape
     x0, y0 = max(0, x - margin), max(0, y - margin)
@@ -201,8 +196,15 @@ class SegmentRoi(object):
     right within lines, lines top to bottom. ``Roi.line`` carries the line index.
     """
 
-    def __init__(self, region=None, max_digits=12, min_height_fraction=0.04, max_aspect=1.1, work_size=960,
-                 classifier=None):  # fmt: skip
+    def __init__(
+        self,
+        region=None,
+        max_digits=12,
+        min_height_fraction=0.04,
+        max_aspect=1.1,
+        work_size=960,
+        classifier=None,
+    ):
         self.region = region  # (x, y, w, h) or None for the whole frame
         # classifier(list of crops) -> list of confidences; decides ambiguous splits (a 5 with
         # a long bar is as wide as two touching digits). Without it, geometry decides.
@@ -213,9 +215,6 @@ class SegmentRoi(object):
         self.work_size = work_size
 
     def extract(self, image):
-        import cv2
-        import numpy as np
-
         gray, ox, oy = _region_gray(image, self.region)
         if gray.size == 0 or min(gray.shape) < 8:
             return []
@@ -267,8 +266,6 @@ class SegmentRoi(object):
         thinnest column is often inside a digit (the waist of an 8): cuts shifted by up to two
         fifths of a digit either way are tried too, in one batch, and the set whose worst part
         reads best is kept."""
-        import itertools
-
         x, y, w, h, parts = box
         step = w / float(pieces)
         choices = []
@@ -363,8 +360,6 @@ class SegmentRoi(object):
         return [sorted(line, key=lambda b: b[0]) for line in lines]
 
     def _split_wide(self, line, labels, work=None):
-        import numpy as np
-
         heights = sorted(b[3] for b in line)
         typical = heights[len(heights) // 2]
         out = []
@@ -417,8 +412,6 @@ GRID_DIGIT_MIN_HEIGHT = 0.25  # a digit in a grid cell is at least this share of
 def _long_lines(mask, length=None):
     """Only the horizontal and vertical strokes of a mask at least ``length`` long (default:
     a 25th of its shorter side): frames, ruled lines, grid lines; text removed."""
-    import cv2
-
     length = length or max(9, min(mask.shape) // 25)
     horizontal = cv2.morphologyEx(
         mask, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_RECT, (length, 1))
@@ -432,9 +425,6 @@ def _hull_of_cell_groups(lines, min_area):
     """Convex hulls of groups of neighbouring, similar holes in a line mask (the cells or 3x3
     boxes of a grid). They find a grid whose frame runs on into other lines (a rule under
     the puzzle, the crossword beside it), where the frame's own outline is no quadrilateral."""
-    import cv2
-    import numpy as np
-
     contours, hierarchy = cv2.findContours(lines, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
     if hierarchy is None:
         return []
@@ -472,8 +462,6 @@ def _hull_of_cell_groups(lines, min_area):
 
 def _blank_paper(crop, mask):
     """``crop`` filled with its paper's median grey (the pixels off ``mask``): a cell without a digit."""
-    import numpy as np
-
     paper_pixels = crop[mask == 0]
     crop[:] = int(np.median(paper_pixels)) if paper_pixels.size else int(np.median(crop))
     return crop
@@ -481,8 +469,6 @@ def _blank_paper(crop, mask):
 
 def _order_corners(points):
     """Four points as (tl, tr, br, bl)."""
-    import numpy as np
-
     points = np.asarray(points, np.float32).reshape(-1, 2)
     centre = points.mean(axis=0)
     angles = np.arctan2(points[:, 1] - centre[1], points[:, 0] - centre[0])
@@ -494,9 +480,6 @@ def _order_corners(points):
 def _quads_of_hull(hull):
     """Quadrilaterals that approximate a convex hull: the polygon simplified until four
     corners are left, and the hull's extreme points along both diagonals."""
-    import cv2
-    import numpy as np
-
     quads = []
     perimeter = cv2.arcLength(hull, True)
     for epsilon in (0.02, 0.04, 0.07):
@@ -532,9 +515,6 @@ class GridRoi(object):
         flat and scored by how much ink lies along the rows + 1 and cols + 1 lines a grid
         has there. Polarity, text, other puzzles and dark margins change the candidates,
         not the verdict."""
-        import cv2
-        import numpy as np
-
         scale = min(1.0, float(GRID_WORK_SIZE) / max(gray.shape))
         work = cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else gray
         mask = _ink_mask(work, block_fraction=0.04, offset=6)
@@ -568,8 +548,6 @@ class GridRoi(object):
         """Move the corners one at a time while the grid score improves (coarse to fine):
         a quadrilateral from a hull that misses a corner, or cut short by a curved page,
         settles on the frame."""
-        import numpy as np
-
         side = float(np.mean([np.linalg.norm(quad[i] - quad[(i + 1) % 4]) for i in range(4)]))
         moves = ((1, 0), (-1, 0), (0, 1), (0, -1))
         for step in (0.02 * side, 0.01 * side, 0.005 * side):
@@ -591,8 +569,12 @@ class GridRoi(object):
         (a frame line swallowed by a dark margin or a shadow) are missing from their group."""
         grown = []
         # (corners that move, the corners they move away from, cells the quadrilateral spans)
-        for moving, fixed, spans in (((0, 1), (3, 2), self.rows - 1), ((3, 2), (0, 1), self.rows - 1),
-                                     ((0, 3), (1, 2), self.cols - 1), ((1, 2), (0, 3), self.cols - 1)):  # fmt: skip
+        for moving, fixed, spans in (
+            ((0, 1), (3, 2), self.rows - 1),
+            ((3, 2), (0, 1), self.rows - 1),
+            ((0, 3), (1, 2), self.cols - 1),
+            ((1, 2), (0, 3), self.cols - 1),
+        ):
             trial = quad.copy()
             for corner, anchor in zip(moving, fixed):
                 trial[corner] = quad[corner] + (quad[corner] - quad[anchor]) / float(spans)
@@ -602,13 +584,11 @@ class GridRoi(object):
     def _grid_score(self, mask, quad, cell=16):
         """How much a quadrilateral looks like this grid: mean coverage of its expected lines
         by ink, less the ink inside the cells (a dark area covers every line too)."""
-        import cv2
-        import numpy as np
-
         width, height = self.cols * cell, self.rows * cell
         target = np.float32([[0, 0], [width - 1, 0], [width - 1, height - 1], [0, height - 1]])
-        flat = cv2.warpPerspective(mask, cv2.getPerspectiveTransform(quad, target), (width, height),
-                                   flags=cv2.INTER_NEAREST)  # fmt: skip
+        flat = cv2.warpPerspective(
+            mask, cv2.getPerspectiveTransform(quad, target), (width, height), flags=cv2.INTER_NEAREST
+        )
         band = max(1, cell // 8)
         rows = np.minimum(np.arange(self.rows + 1) * cell, height - 1)
         cols = np.minimum(np.arange(self.cols + 1) * cell, width - 1)
@@ -624,8 +604,6 @@ class GridRoi(object):
 
     def _cell_interiors(self, width, height, cell, band):
         """uint8 mask of the flat grid without a margin of twice ``band`` around its lines."""
-        import numpy as np
-
         key = (width, height, cell, band)
         if getattr(self, "_interiors_key", None) != key:
             inner = np.full((height, width), 255, np.uint8)
@@ -642,10 +620,6 @@ class GridRoi(object):
     def extract_grid(self, image):
         """(cell ROIs, outline): the outline is the grid's four corners in frame pixels
         (clockwise from top-left), None when the grid was not located."""
-        import cv2
-        import numpy as np
-
-        from daemon.preprocess import region_ink_is_bright
 
         gray, ox, oy = _region_gray(image, self.region)
         if gray.size == 0:
@@ -682,8 +656,6 @@ class GridRoi(object):
 
     def _digit_components(self, flat, ink_bright):
         """(ink mask, component labels, component stats) of the flat grid without its lines."""
-        import cv2
-
         mask = _ink_mask(flat, block_fraction=0.05, offset=8, ink_bright=ink_bright)
         lines = _long_lines(mask, int(self.cell_px * 1.5))
         strokes = cv2.bitwise_and(mask, cv2.bitwise_not(lines))
@@ -695,9 +667,6 @@ class GridRoi(object):
         cell, lies inside it and is tall enough to be a digit, with the pieces inside their box
         (a broken stroke). Grid-line remnants, specks and a neighbour's overhang are painted as paper;
         a cell without such a component comes out as blank paper."""
-        import cv2
-        import numpy as np
-
         cell = self.cell_px
         centre_x, centre_y = x0 + cell / 2.0, y0 + cell / 2.0
         window = labels[y0 : y0 + cell, x0 : x0 + cell]
@@ -709,11 +678,18 @@ class GridRoi(object):
         for index in present:
             x, y, w, h, _ = stats[index]
             # the longer side, not the height: in a photo taken sideways a 1 lies flat
-            if (max(w, h) >= GRID_DIGIT_MIN_HEIGHT * cell and h <= 0.95 * cell and w <= 0.95 * cell
-                    and abs(x + w / 2.0 - centre_x) <= 0.25 * cell and abs(y + h / 2.0 - centre_y) <= 0.25 * cell
-                    # a digit is printed inside its cell; a grid line the warp missed runs on
-                    and x >= x0 - slack and y >= y0 - slack
-                    and x + w <= x0 + cell + slack and y + h <= y0 + cell + slack):  # fmt: skip
+            if (
+                max(w, h) >= GRID_DIGIT_MIN_HEIGHT * cell
+                and h <= 0.95 * cell
+                and w <= 0.95 * cell
+                and abs(x + w / 2.0 - centre_x) <= 0.25 * cell
+                and abs(y + h / 2.0 - centre_y) <= 0.25 * cell
+                # a digit is printed inside its cell; a grid line the warp missed runs on
+                and x >= x0 - slack
+                and y >= y0 - slack
+                and x + w <= x0 + cell + slack
+                and y + h <= y0 + cell + slack
+            ):
                 core.append(index)
         crop = flat[y0 : y0 + cell, x0 : x0 + cell].copy()
         cell_mask = mask[y0 : y0 + cell, x0 : x0 + cell]
@@ -735,8 +711,10 @@ class GridRoi(object):
         # the blurred edges of grid lines escape the ink mask: outside the digit's box is paper
         ys, xs = np.nonzero(keep)
         margin = max(2, cell // 16)
-        inside = (slice(max(0, ys.min() - margin), ys.max() + margin + 1),
-                  slice(max(0, xs.min() - margin), xs.max() + margin + 1))  # fmt: skip
+        inside = (
+            slice(max(0, ys.min() - margin), ys.max() + margin + 1),
+            slice(max(0, xs.min() - margin), xs.max() + margin + 1),
+        )
         # what is painted out takes the paper's own local shade (a closing wider than any
         # stroke): one flat grey, a shade off, would leave a step that thresholding takes for ink
         side = max(3, (cell // 3) | 1)

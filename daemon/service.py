@@ -85,9 +85,15 @@ class Service(object):
                 log.warning("unhealthy, withholding the watchdog ping: %s", detail)
             if time.monotonic() - last_status > 10:
                 last_status = time.monotonic()
-                self.notifier.status("%s: %d frames, source %s, mqtt %s" % (
-                    "ok" if healthy else "UNHEALTHY", detail["frames_out"], detail["source_state"],
-                    "connected" if detail["mqtt_connected"] else "disconnected"))  # fmt: skip
+                self.notifier.status(
+                    "%s: %d frames, source %s, mqtt %s"
+                    % (
+                        "ok" if healthy else "UNHEALTHY",
+                        detail["frames_out"],
+                        detail["source_state"],
+                        "connected" if detail["mqtt_connected"] else "disconnected",
+                    )
+                )
 
     def run(self, max_frames=None):
         try:

@@ -138,8 +138,10 @@ class _Server(socketserver.ThreadingMixIn, HTTPServer):
 
     daemon_threads = True
     allow_reuse_address = True
-    BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: 33\r\n"
-            b"Connection: close\r\n\r\n{\"error\": \"too many connections\"}")  # fmt: skip
+    BUSY = (
+        b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: 33\r\n"
+        b'Connection: close\r\n\r\n{"error": "too many connections"}'
+    )
 
     def __init__(self, address, handler, max_connections):
         self._slots = threading.BoundedSemaphore(max_connections)

@@ -189,8 +189,11 @@ def write_failures(out_dir, photos, results, scores, count, image_format="jpg"):
     written = []
     for index in [i for i in order if not scores[i]["exact"]][:count]:
         target = out_dir / ("%02d_%s.%s" % (len(written), photos[index].path.stem, image_format))
-        cv2.imwrite(str(target), failure_image(photos[index], results[index], scores[index]),
-                    [cv2.IMWRITE_JPEG_QUALITY, 85])  # fmt: skip
+        cv2.imwrite(
+            str(target),
+            failure_image(photos[index], results[index], scores[index]),
+            [cv2.IMWRITE_JPEG_QUALITY, 85],
+        )
         written.append(target)
     return written
 
@@ -230,8 +233,18 @@ def main(args):
     def progress(done, total, scored):
         if not args.quiet:
             mark = "ok " if scored["exact"] else "   "
-            print("%s[%3d/%d] %-16s %2d/81 cells%s" % (mark, done, total, scored["file"], scored["cells_right"],
-                  "" if scored["located"] else "  (grid not located)"), file=sys.stderr)  # fmt: skip
+            print(
+                "%s[%3d/%d] %-16s %2d/81 cells%s"
+                % (
+                    mark,
+                    done,
+                    total,
+                    scored["file"],
+                    scored["cells_right"],
+                    "" if scored["located"] else "  (grid not located)",
+                ),
+                file=sys.stderr,
+            )
 
     started = time.perf_counter()
     with Reader.from_config(config) as reader:

@@ -119,7 +119,7 @@ def markdown_table(results):
                 result["errors"],
                 worst,
                 result["per_class_accuracy"][worst],
-            )  # fmt: skip
+            )
         )
     lines.append("")
     lines.append("Per-class accuracy:")
@@ -171,10 +171,15 @@ def main(args):
     for path in paths:
         if reference and path != reference and Path(path).stem.split(".")[0] == "digits":
             diff = np.abs(outputs[path] - outputs[reference])
-            parity[path] = {"vs": reference, "max_abs_diff": float(diff.max()),
-                            "argmax_disagreements": int((outputs[path].argmax(1) != outputs[reference].argmax(1)).sum())}  # fmt: skip
-            print("parity %s vs %s: max |diff| %.2e, %d argmax disagreements"
-                  % (path, reference, parity[path]["max_abs_diff"], parity[path]["argmax_disagreements"]))  # fmt: skip
+            parity[path] = {
+                "vs": reference,
+                "max_abs_diff": float(diff.max()),
+                "argmax_disagreements": int((outputs[path].argmax(1) != outputs[reference].argmax(1)).sum()),
+            }
+            print(
+                "parity %s vs %s: max |diff| %.2e, %d argmax disagreements"
+                % (path, reference, parity[path]["max_abs_diff"], parity[path]["argmax_disagreements"])
+            )
     table = markdown_table(results)
     print("\n" + table)
     (out_dir / "evaluation.md").write_text(table)

@@ -27,12 +27,35 @@ OPSET = 13  # highest opset TensorRT 8.2's ONNX parser (JetPack 4.6) accepts
 # that a small CNN can produce; anything else fails the export.
 TENSORRT_82_OPS = frozenset(
     [
-        "Add", "AveragePool", "BatchNormalization", "Cast", "Clip", "Concat", "Constant",
-        "Conv", "Div", "Dropout", "Flatten", "Gemm", "GlobalAveragePool", "Identity",
-        "LeakyRelu", "MatMul", "MaxPool", "Mul", "Relu", "Reshape", "Shape", "Sigmoid",
-        "Softmax", "Squeeze", "Sub", "Transpose", "Unsqueeze",
+        "Add",
+        "AveragePool",
+        "BatchNormalization",
+        "Cast",
+        "Clip",
+        "Concat",
+        "Constant",
+        "Conv",
+        "Div",
+        "Dropout",
+        "Flatten",
+        "Gemm",
+        "GlobalAveragePool",
+        "Identity",
+        "LeakyRelu",
+        "MatMul",
+        "MaxPool",
+        "Mul",
+        "Relu",
+        "Reshape",
+        "Shape",
+        "Sigmoid",
+        "Softmax",
+        "Squeeze",
+        "Sub",
+        "Transpose",
+        "Unsqueeze",
     ]
-)  # fmt: skip
+)
 INPUT_LAYOUT = "NCHW"
 
 
@@ -121,7 +144,7 @@ def sidecar(onnx_path, source_path, used_ops, accuracy, precision, classes=10):
             "shape": ["batch", classes],
             "dtype": "float32",
             "meaning": "softmax probabilities",
-        },  # fmt: skip
+        },
         "normalisation": NORMALISATION,
         "labels": model_meta.labels_for(classes),
         "opset": OPSET,
@@ -145,7 +168,7 @@ def keras_sidecar(keras_path, keras_model, accuracy):
             "shape": ["batch", INPUT_SIZE, INPUT_SIZE, 1],
             "dtype": "float32",
             "layout": "NHWC",
-        },  # fmt: skip
+        },
         "normalisation": NORMALISATION,
         "labels": model_meta.labels_for(int(keras_model.output_shape[-1])),
         "test_accuracy": accuracy,

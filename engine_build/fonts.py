@@ -78,8 +78,16 @@ def render_hershey(name, digit, size):
     (_, unit_height), _ = cv2.getTextSize("0", flags, 1.0, 1)
     thickness = max(1, int(round(stroke * height)))
     canvas = np.zeros((int(size * 2), int(size * 2)), np.uint8)
-    cv2.putText(canvas, str(digit), (size // 2, int(size * 1.5)), flags, height / unit_height, 255, thickness,
-                cv2.LINE_AA)  # fmt: skip
+    cv2.putText(
+        canvas,
+        str(digit),
+        (size // 2, int(size * 1.5)),
+        flags,
+        height / unit_height,
+        255,
+        thickness,
+        cv2.LINE_AA,
+    )
     x, y, w, h = cv2.boundingRect(canvas)
     return canvas[y : y + h, x : x + w]
 

@@ -1,22 +1,12 @@
-"""Shared fixtures: a real Mosquitto on a free loopback port, an MQTT subscriber, the daemon
-as a subprocess, paths to the shipped model and the MNIST test set."""
+"""Shared fixtures: a real Mosquitto on a free loopback port, an MQTT subscriber, the reader
+as ``predict`` builds it, the MNIST test set, the payload schemas. Helpers live in
+tests/helpers.py and tests/synthetic.py."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-import yaml
 
-from tools.broker import Broker, Subscriber, free_port, mosquitto_binary  # noqa: F401
-
-ROOT = Path(__file__).resolve().parent.parent
-MODELS = ROOT / "models"
-SAMPLES = ROOT / "samples"
-SCHEMAS = ROOT / "daemon" / "schema"
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from tests.helpers import SCHEMAS, Broker, Subscriber, mosquitto_binary
 
 
 @pytest.fixture(scope="module")
@@ -51,47 +41,6 @@ def subscriber_factory():
     yield factory
     for sub in created:
         sub.stop()
-
-
-def write_config(path, **sections):
-    """Write a config YAML from keyword sections (e.g. source={...}, mqtt={...})."""
-    data = {"device_id": "test-01", "log_level": "INFO"}
-    data.update(sections)
-    data.setdefault("http", {"enabled": False})  # tests that want HTTP pick a free port
-    backend = data.setdefault("backend", {})
-    for key, name in (("onnx_model", "digits.onnx"), ("keras_model", "digits.keras")):
-        backend.setdefault(key, str(MODELS / name))
-    Path(path).write_text(yaml.safe_dump(data))
-    return Path(path)
-
-
-def run_daemon(config_path, *extra, env=None, **kwargs):
-    """Start ``python -m daemon run`` as a subprocess (stderr captured to a file)."""
-    log_path = Path(str(config_path) + ".log")
-    env = dict(env or os.environ)
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "daemon", "run", "-c", str(config_path)] + list(extra),
-        cwd=str(ROOT),
-        stdout=subprocess.PIPE,
-        stderr=open(str(log_path), "wb"),
-        env=env,
-        **kwargs,
-    )
-    process.log_path = log_path
-    return process
-
-
-def run_cli(*args, timeout=120, env=None):
-    """Run ``python -m daemon ARGS``; returns CompletedProcess with text output."""
-    return subprocess.run(
-        [sys.executable, "-m", "daemon"] + [str(a) for a in args],
-        cwd=str(ROOT),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-    )
 
 
 @pytest.fixture(scope="session")

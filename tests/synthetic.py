@@ -101,15 +101,15 @@ def printed_glyph(font_path, digit, height, rng):
     return cv2.resize(glyph, (max(1, int(glyph.shape[1] * scale)), height), interpolation=cv2.INTER_AREA)
 
 
-def sudoku_image(rng, images, labels, font_paths, cell=52, empty_fraction=0.5):
-    """A 9x9 grid with printed lines, MNIST and font digits, empty cells, slight perspective."""
-    board = 9 * cell
-    size = board + 140
-    sheet = paper(rng, size, size)
+def sudoku_image(rng, images, labels, font_paths, cell=52, empty_fraction=0.5, rows=9, cols=9, box=3):
+    """A rows x cols grid (a sudoku by default: thick lines every ``box`` cells) with printed
+    lines, MNIST and font digits, empty cells, slight perspective; returns (image, truth)."""
+    width, height = cols * cell + 140, rows * cell + 140
+    sheet = paper(rng, width, height)
     origin = 70
-    truth = [[None] * 9 for _ in range(9)]
-    for row in range(9):
-        for col in range(9):
+    truth = [[None] * cols for _ in range(rows)]
+    for row in range(rows):
+        for col in range(cols):
             if rng.random() < empty_fraction:
                 continue
             if rng.random() < 0.5:
@@ -127,15 +127,16 @@ def sudoku_image(rng, images, labels, font_paths, cell=52, empty_fraction=0.5):
             y = origin + row * cell + (cell - glyph.shape[0]) // 2 + int(rng.integers(-3, 4))
             ink(sheet, glyph, x, y, 0.9)
             truth[row][col] = digit
-    for i in range(10):
-        thickness = 4 if i % 3 == 0 else 1
+    for i in range(rows + 1):
         position = origin + i * cell
-        cv2.line(sheet, (origin, position), (origin + board, position), 40, thickness)
-        cv2.line(sheet, (position, origin), (position, origin + board), 40, thickness)
-    corners = np.float32([[0, 0], [size, 0], [size, size], [0, size]])
+        cv2.line(sheet, (origin, position), (origin + cols * cell, position), 40, 4 if i % box == 0 else 1)
+    for i in range(cols + 1):
+        position = origin + i * cell
+        cv2.line(sheet, (position, origin), (position, origin + rows * cell), 40, 4 if i % box == 0 else 1)
+    corners = np.float32([[0, 0], [width, 0], [width, height], [0, height]])
     moved = corners + rng.uniform(-18, 18, (4, 2)).astype(np.float32)
-    sheet = cv2.warpPerspective(sheet, cv2.getPerspectiveTransform(corners, moved), (size, size),
-                                borderMode=cv2.BORDER_REPLICATE)  # fmt: skip
+    transform = cv2.getPerspectiveTransform(corners, moved)
+    sheet = cv2.warpPerspective(sheet, transform, (width, height), borderMode=cv2.BORDER_REPLICATE)
     return finish(sheet, rng, max_rotation=2.0), truth
 
 
@@ -144,6 +145,45 @@ def printed_crop(rng, font_path, digit):
     side = int(rng.integers(100, 160))
     sheet = paper(rng, side, side)
     glyph = printed_glyph(font_path, digit, int(side * rng.uniform(0.45, 0.7)), rng)
-    ink(sheet, glyph, (side - glyph.shape[1]) // 2 + int(rng.integers(-8, 9)),
-        (side - glyph.shape[0]) // 2 + int(rng.integers(-8, 9)), rng.uniform(0.8, 0.95))  # fmt: skip
+    ink(
+        sheet,
+        glyph,
+        (side - glyph.shape[1]) // 2 + int(rng.integers(-8, 9)),
+        (side - glyph.shape[0]) // 2 + int(rng.integers(-8, 9)),
+        rng.uniform(0.8, 0.95),
+    )
     return finish(sheet, rng, max_rotation=4.0, margins=False)
+
+
+def paper_crop(digit28, size=200, ink=40, paper=215, digit_size=120, offset=(0, 0)):
+    """A MNIST digit drawn as dark ink on light paper, like a camera crop."""
+    crop = np.full((size, size), paper, np.float32)
+    scaled = cv2.resize(digit28, (digit_size, digit_size), interpolation=cv2.INTER_CUBIC) / 255.0
+    alpha = np.clip(scaled, 0, 1)
+    y0 = (size - digit_size) // 2 + offset[1]
+    x0 = (size - digit_size) // 2 + offset[0]
+    region = crop[y0 : y0 + digit_size, x0 : x0 + digit_size]
+    region[:] = region * (1 - alpha) + ink * alpha
+    return np.clip(crop, 0, 255).astype(np.uint8)
+
+
+def photo(digit28, size=(1200, 900), dark_on_light=True):
+    """A large 'photo': paper with a lighting gradient and the digit in the middle."""
+    width, height = size
+    sheet = np.tile(np.linspace(190, 230, width, dtype=np.float32), (height, 1))
+    crop = paper_crop(digit28, size=400, digit_size=300).astype(np.float32)
+    y0, x0 = (height - 400) // 2, (width - 400) // 2
+    sheet[y0 : y0 + 400, x0 : x0 + 400] = np.minimum(sheet[y0 : y0 + 400, x0 : x0 + 400], crop)
+    image = np.clip(sheet, 0, 255).astype(np.uint8)
+    return image if dark_on_light else 255 - image
+
+
+def centre_digit_frames(mnist_test, count, start=0):
+    """640x480 frames of paper with one MNIST digit in the centre square; and their labels."""
+    images, labels = mnist_test
+    out = []
+    for index in range(start, start + count):
+        frame = np.full((480, 640), 215, np.uint8)
+        frame[140:340, 220:420] = paper_crop(images[index])
+        out.append(frame)
+    return out, [int(v) for v in labels[start : start + count]]

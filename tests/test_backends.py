@@ -9,7 +9,7 @@ import pytest
 from daemon import backends, config
 from daemon.backends import BackendUnavailable
 from daemon.preprocess import normalise_uint8
-from tests.conftest import MODELS, ROOT
+from tests.helpers import MODELS, ROOT
 
 
 def backend_settings(**values):

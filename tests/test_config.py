@@ -3,7 +3,7 @@
 import pytest
 
 from daemon import config
-from tests.conftest import ROOT, run_cli
+from tests.helpers import ROOT, run_cli
 
 
 def test_shipped_config_is_valid_and_typed():
@@ -110,9 +110,16 @@ def test_unreadable_or_invalid_yaml_is_exit_78(tmp_path):
 
 @pytest.mark.parametrize(
     "written, parsed",
-    [("0123", "83"), ("0x1F", "31"), ("12:30", "750"), ("1_000", "1000"), ("2024-01-02", "2024-01-02"),
-     ("[hunter, two]", "hunter"), ("0.50", "0.5")],
-)  # fmt: skip
+    [
+        ("0123", "83"),
+        ("0x1F", "31"),
+        ("12:30", "750"),
+        ("1_000", "1000"),
+        ("2024-01-02", "2024-01-02"),
+        ("[hunter, two]", "hunter"),
+        ("0.50", "0.5"),
+    ],
+)
 def test_unquoted_yaml_numbers_are_not_turned_into_secrets_or_ids(tmp_path, written, parsed):
     path = tmp_path / "c.yaml"
     path.write_text(

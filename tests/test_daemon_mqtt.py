@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from tests.conftest import SAMPLES, run_daemon, write_config
+from tests.helpers import SAMPLES, run_daemon, write_config
 
 pytestmark = pytest.mark.mqtt
 VIDEO = SAMPLES / "demo.mp4"

@@ -10,7 +10,7 @@ from onnx import helper
 from daemon import model_meta
 from daemon.preprocess import normalise_uint8
 from engine_build import export_onnx
-from tests.conftest import MODELS
+from tests.helpers import MODELS
 
 
 @pytest.fixture(scope="module")

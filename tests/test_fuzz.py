@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from daemon import config
 from daemon.predict import ImageError, decode_image
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 
 PATH = r"(?:[A-Za-z_]\w*|\[[^\]]*\])(?:\.[A-Za-z_]\w*|\[[^\]]*\])*"
 ERROR_LINE = re.compile(r"^(?:%s|\(top level\)): .+$" % PATH, re.S)
@@ -23,9 +23,13 @@ SECTION_KEYS = sorted(
     {k for f in config.SCHEMA.fields.values() if isinstance(f, config.Schema) for k in f.fields}
 )
 scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(-(10**12), 10**12), st.floats(allow_nan=True),
-    st.text(max_size=20), st.sampled_from(["${DIGITD_FUZZ_UNSET}", "${HOME}", "otsu", "file", "-1", "1e309"]),
-)  # fmt: skip
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**12), 10**12),
+    st.floats(allow_nan=True),
+    st.text(max_size=20),
+    st.sampled_from(["${DIGITD_FUZZ_UNSET}", "${HOME}", "otsu", "file", "-1", "1e309"]),
+)
 values = st.recursive(
     scalars,
     lambda inner: st.one_of(
@@ -118,7 +122,7 @@ def read(reader, data):
             st.sampled_from([1, 8, 16]),
             st.sampled_from([0, 2, 4, 6]),
             st.binary(max_size=200),
-        ),  # fmt: skip
+        ),
     )
 )
 def test_any_bytes_give_a_reading_or_a_clear_error(reader, data):

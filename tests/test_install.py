@@ -6,12 +6,17 @@ import subprocess
 import pytest
 import yaml
 
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 
 def make_install(destdir):
-    return subprocess.run(["make", "-s", "install", "DESTDIR=%s" % destdir], cwd=str(ROOT), capture_output=True,
-                          text=True, timeout=120)  # fmt: skip
+    return subprocess.run(
+        ["make", "-s", "install", "DESTDIR=%s" % destdir],
+        cwd=str(ROOT),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_install_lays_out_code_config_unit_and_user(tmp_path):
@@ -23,9 +28,21 @@ def test_install_lays_out_code_config_unit_and_user(tmp_path):
     unit = (tmp_path / "etc/systemd/system/digitd.service").read_text()
     assert "ExecStart=/opt/digitd/.venv/bin/python -m daemon run -c /etc/digitd/config.yaml" in unit
     assert "@PREFIX@" not in unit and "@SYSCONFDIR@" not in unit
-    for line in ("Type=notify", "WatchdogSec=30", "Restart=on-failure", "RestartSec=5", "RestartPreventExitStatus=78",
-                 "User=digitd", "SupplementaryGroups=video", "NoNewPrivileges=yes", "ProtectSystem=strict",
-                 "ProtectHome=yes", "PrivateTmp=yes", "StateDirectory=digitd", "ReadOnlyPaths=/opt/digitd"):  # fmt: skip
+    for line in (
+        "Type=notify",
+        "WatchdogSec=30",
+        "Restart=on-failure",
+        "RestartSec=5",
+        "RestartPreventExitStatus=78",
+        "User=digitd",
+        "SupplementaryGroups=video",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "ProtectHome=yes",
+        "PrivateTmp=yes",
+        "StateDirectory=digitd",
+        "ReadOnlyPaths=/opt/digitd",
+    ):
         assert line in unit.splitlines(), line
     assert "u digitd" in (tmp_path / "usr/lib/sysusers.d/digitd.conf").read_text()
     assert yaml.safe_load((tmp_path / "etc/digitd/config.yaml").read_text())["mqtt"]["prefix"] == "digitd"
@@ -43,8 +60,13 @@ def test_install_never_overwrites_an_existing_config(tmp_path):
 
 def test_uninstall_removes_code_and_unit_but_keeps_config(tmp_path):
     assert make_install(tmp_path).returncode == 0
-    result = subprocess.run(["make", "-s", "uninstall", "DESTDIR=%s" % tmp_path], cwd=str(ROOT), capture_output=True,
-                            text=True, timeout=60)  # fmt: skip
+    result = subprocess.run(
+        ["make", "-s", "uninstall", "DESTDIR=%s" % tmp_path],
+        cwd=str(ROOT),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     assert not (tmp_path / "opt/digitd").exists()
     assert not (tmp_path / "etc/systemd/system/digitd.service").exists()

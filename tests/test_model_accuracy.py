@@ -5,7 +5,7 @@ import pytest
 
 from daemon.preprocess import normalise_uint8
 from engine_build import evaluate
-from tests.conftest import MODELS
+from tests.helpers import MODELS
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import pytest
 
 from engine_build import fonts
 from tests import synthetic
-from tests.conftest import ROOT, run_cli, run_daemon, write_config
+from tests.helpers import ROOT, run_cli, run_daemon, write_config
 
 DOCS = ROOT / "docs" / "failures"
 
@@ -76,8 +76,10 @@ def test_grid_reads_98_percent_of_sudoku_cells(reader, mnist_test, held_out_font
             )
     save_failures("sudoku", sorted(failures, key=lambda f: -int(f[1].split()[0])))
     with capsys.disabled():
-        print("\ngrid: %d of %d cells right (%.2f %%), empty cells %d of %d"
-              % (right, cells, 100.0 * right / cells, empty_right, empties))  # fmt: skip
+        print(
+            "\ngrid: %d of %d cells right (%.2f %%), empty cells %d of %d"
+            % (right, cells, 100.0 * right / cells, empty_right, empties)
+        )
     assert right / float(cells) >= 0.98
     assert empty_right / float(empties) >= 0.98
 

@@ -7,7 +7,7 @@ import time
 import pytest
 import yaml
 
-from tests.conftest import SAMPLES, run_daemon, write_config
+from tests.helpers import SAMPLES, run_daemon, write_config
 
 pytestmark = pytest.mark.mqtt
 VIDEO = SAMPLES / "demo.mp4"  # 640x480, one digit in the centre square (220, 140, 200, 200)

@@ -6,19 +6,9 @@ import cv2
 import numpy as np
 import pytest
 
-from tests.conftest import run_cli
-from tests.test_preprocess import paper_crop
-
-
-def photo(digit28, size=(1200, 900), dark_on_light=True):
-    """A large 'photo': paper with a lighting gradient and the digit in the middle."""
-    width, height = size
-    sheet = np.tile(np.linspace(190, 230, width, dtype=np.float32), (height, 1))
-    crop = paper_crop(digit28, size=400, digit_size=300).astype(np.float32)
-    y0, x0 = (height - 400) // 2, (width - 400) // 2
-    sheet[y0 : y0 + 400, x0 : x0 + 400] = np.minimum(sheet[y0 : y0 + 400, x0 : x0 + 400], crop)
-    image = np.clip(sheet, 0, 255).astype(np.uint8)
-    return image if dark_on_light else 255 - image
+from tests import synthetic
+from tests.helpers import run_cli, write_config
+from tests.synthetic import photo
 
 
 def test_predict_reads_photos_in_many_formats(tmp_path, mnist_test):
@@ -167,3 +157,58 @@ def test_decompression_bombs_in_any_format_are_refused_before_decoding():
         assert decode_image(cv2.imencode(extension, small)[1].tobytes()).shape[:2] == (40, 60)
     with pytest.raises(ImageError, match="unsupported format"):
         decode_image(cv2.imencode(".jp2", small)[1].tobytes())
+
+
+def test_predict_reads_a_4x4_grid_with_the_configs_roi_settings(tmp_path, mnist_test):
+    font = fonts_for_tests()
+    rng = np.random.default_rng(44)
+    image, truth = synthetic.sudoku_image(
+        rng, *mnist_test, font, cell=80, empty_fraction=0.3, rows=4, cols=4, box=2
+    )
+    path = tmp_path / "four.png"
+    cv2.imwrite(str(path), image)
+    config = write_config(
+        tmp_path / "grid4.yaml",
+        source={"type": "images", "path": str(tmp_path)},
+        roi={"mode": "grid", "grid_rows": 4, "grid_cols": 4},
+    )
+    result = run_cli("predict", "--roi", "grid", "-c", config, "--json", path)
+    assert result.returncode == 0, result.stderr
+    grid = json.loads(result.stdout)["grid"]
+    assert len(grid) == 4 and all(len(row) == 4 for row in grid), grid
+    right = sum(grid[r][c] == truth[r][c] for r in range(4) for c in range(4))
+    assert right >= 15, (grid, truth)
+    # without the config, the same photo is cut as a 9x9 sudoku
+    default = json.loads(run_cli("predict", "--roi", "grid", "--json", path).stdout)["grid"]
+    assert len(default) == 9
+
+
+def test_predict_boxes_needs_a_config_with_boxes(tmp_path, mnist_test):
+    path = tmp_path / "one.png"
+    cv2.imwrite(str(path), photo(mnist_test[0][0]))
+    result = run_cli("predict", "--roi", "boxes", path)
+    assert result.returncode == 78 and "roi.boxes" in result.stderr
+    config = write_config(
+        tmp_path / "boxes.yaml",
+        source={"type": "images", "path": str(tmp_path)},
+        roi={
+            "mode": "boxes",
+            "boxes": [
+                {"id": "paper", "x": 0, "y": 0, "w": 300, "h": 900},
+                {"id": "middle", "x": 400, "y": 250, "w": 400, "h": 400},
+            ],
+        },
+    )
+    result = run_cli("predict", "--roi", "boxes", "-c", config, "--json", path)
+    assert result.returncode == 0, result.stderr
+    digits = json.loads(result.stdout)["digits"]
+    assert [d["digit"] for d in digits] == [int(mnist_test[1][0])], digits
+
+
+def fonts_for_tests():
+    from engine_build import fonts
+
+    found = fonts.find_fonts(fonts.HELD_OUT_FAMILIES)
+    if not found:
+        pytest.fail("fonts-freefont-ttf is needed (make test installs it)")
+    return found

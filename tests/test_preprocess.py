@@ -5,18 +5,7 @@ import numpy as np
 import pytest
 
 from daemon import preprocess
-
-
-def paper_crop(digit28, size=200, ink=40, paper=215, digit_size=120, offset=(0, 0)):
-    """A MNIST digit drawn as dark ink on light paper, like a camera crop."""
-    crop = np.full((size, size), paper, np.float32)
-    scaled = cv2.resize(digit28, (digit_size, digit_size), interpolation=cv2.INTER_CUBIC) / 255.0
-    alpha = np.clip(scaled, 0, 1)
-    y0 = (size - digit_size) // 2 + offset[1]
-    x0 = (size - digit_size) // 2 + offset[0]
-    region = crop[y0 : y0 + digit_size, x0 : x0 + digit_size]
-    region[:] = region * (1 - alpha) + ink * alpha
-    return np.clip(crop, 0, 255).astype(np.uint8)
+from tests.synthetic import paper_crop
 
 
 def test_normalise_uint8_is_float32_in_unit_range_with_channel():
@@ -100,8 +89,13 @@ def shadowed(crop, rng):
     crop = crop.astype(np.float32)
     height, width = crop.shape
     yy, xx = np.mgrid[0:height, 0:width]
-    shade = cv2.GaussianBlur(((xx - width * rng.uniform(0.6, 1.0)) ** 2 + (yy - height * 0.2) ** 2
-                              < (0.4 * width) ** 2).astype(np.float32), (0, 0), 6)  # fmt: skip
+    shade = cv2.GaussianBlur(
+        ((xx - width * rng.uniform(0.6, 1.0)) ** 2 + (yy - height * 0.2) ** 2 < (0.4 * width) ** 2).astype(
+            np.float32
+        ),
+        (0, 0),
+        6,
+    )
     crop *= 1 - 0.4 * shade
     band = int(width * rng.uniform(0.06, 0.12))
     crop[:, :band] = rng.uniform(20, 60)

@@ -11,7 +11,7 @@ import urllib.request
 
 import pytest
 
-from tests.conftest import SAMPLES, Broker, Subscriber, free_port, run_daemon, write_config
+from tests.helpers import SAMPLES, Broker, Subscriber, free_port, run_daemon, write_config
 
 pytestmark = pytest.mark.mqtt
 VIDEO = SAMPLES / "demo.mp4"
@@ -95,10 +95,27 @@ def tls_broker(tmp_path):
     """Mosquitto with a self-signed certificate the daemon has no reason to trust."""
     key, cert = tmp_path / "server.key", tmp_path / "server.crt"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
-    )  # fmt: skip
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
     port = free_port()
     text = "listener %d 127.0.0.1\ncertfile %s\nkeyfile %s\nallow_anonymous true\n" % (port, cert, key)
     return Broker(tmp_path, port=port, config_text=text).start()
@@ -117,9 +134,13 @@ def auth_broker(tmp_path):
 
 @pytest.mark.parametrize(
     "case, expected",
-    [("closed port", "refused"), ("no CONNACK", "CONNACK"), ("untrusted TLS", "certificate verify failed"),
-     ("wrong password", "mqtt.password")],
-)  # fmt: skip
+    [
+        ("closed port", "refused"),
+        ("no CONNACK", "CONNACK"),
+        ("untrusted TLS", "certificate verify failed"),
+        ("wrong password", "mqtt.password"),
+    ],
+)
 def test_each_connection_failure_is_logged_once_with_its_reason_and_shown_in_healthz(
     tmp_path, case, expected
 ):

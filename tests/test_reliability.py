@@ -13,7 +13,7 @@ import urllib.request
 import pytest
 import yaml
 
-from tests.conftest import SAMPLES, Broker, Subscriber, free_port, run_daemon, write_config
+from tests.helpers import SAMPLES, Broker, Subscriber, free_port, run_daemon, write_config
 
 pytestmark = pytest.mark.mqtt
 VIDEO = SAMPLES / "demo.mp4"
@@ -197,7 +197,7 @@ def test_source_that_breaks_is_reopened_and_the_daemon_stays_online(tmp_path, br
             "realtime": True,
             "reopen_initial_delay_s": 0.2,
             "reopen_max_delay_s": 1.0,
-        },  # fmt: skip
+        },
         backend={"type": "onnxruntime"},
         mqtt={"host": "127.0.0.1", "port": broker.port},
         http={"port": http_port},
@@ -332,11 +332,16 @@ def test_a_full_disk_under_the_spool_keeps_the_daemon_serving_and_stoppable(tmp_
         tmp_path / "config.yaml",
         source={"type": "file", "path": str(VIDEO), "loop": True, "realtime": True},
         backend={"type": "onnxruntime"},
-        mqtt={"host": "127.0.0.1", "port": port, "spool_path": str(tiny_tmpfs / "outbox.sqlite"),
-              "reconnect_min_s": 0.2, "reconnect_max_s": 1},
+        mqtt={
+            "host": "127.0.0.1",
+            "port": port,
+            "spool_path": str(tiny_tmpfs / "outbox.sqlite"),
+            "reconnect_min_s": 0.2,
+            "reconnect_max_s": 1,
+        },
         http={"port": http_port},
         stats_interval_s=1,
-    )  # fmt: skip
+    )
     process = run_daemon(config)
     broker = subscriber = None
     try:

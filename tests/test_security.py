@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tests.conftest import SAMPLES, Broker, free_port, run_daemon, write_config
+from tests.helpers import SAMPLES, Broker, free_port, run_daemon, write_config
 from tools.broker import make_mqtt_client
 
 pytestmark = pytest.mark.mqtt
@@ -28,13 +28,54 @@ def pki(tmp_path_factory):
     if shutil.which("openssl") is None or shutil.which("mosquitto_passwd") is None:
         pytest.fail("openssl and mosquitto_passwd (package mosquitto) are needed")
     folder = tmp_path_factory.mktemp("pki")
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=digitd test CA",
-            "-keyout", "ca.key", "-out", "ca.crt", cwd=folder)  # fmt: skip
+    openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=digitd test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        cwd=folder,
+    )
     (folder / "san.cnf").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
-    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout", "server.key",
-            "-out", "server.csr", cwd=folder)  # fmt: skip
-    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-            "-days", "2", "-extfile", "san.cnf", "-out", "server.crt", cwd=folder)  # fmt: skip
+    openssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        cwd=folder,
+    )
+    openssl(
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "san.cnf",
+        "-out",
+        "server.crt",
+        cwd=folder,
+    )
     passwords = folder / "passwords"
     passwords.write_text("")
     subprocess.run(["mosquitto_passwd", "-b", str(passwords), "digitd", SECRET], check=True)
@@ -98,7 +139,7 @@ def daemon_config(tmp_path, pki, port, password):
             "tls": {"enabled": True, "ca_file": str(pki / "ca.crt")},
             "reconnect_min_s": 0.5,
             "reconnect_max_s": 2,
-        },  # fmt: skip
+        },
     )
 
 

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.conftest import ROOT, SAMPLES, free_port, run_daemon, write_config
+from tests.helpers import ROOT, SAMPLES, free_port, run_daemon, write_config
+from tests.synthetic import photo
 
 VIDEO = str(SAMPLES / "demo.mp4")
 
@@ -56,9 +57,11 @@ def start(tmp_path, source=None, extra_env=None, **sections):
     sections.setdefault("mqtt", {"enabled": False})
     sections.setdefault("http", {"port": port})
     config_path = write_config(
-        tmp_path / "config.yaml", source=source or {"type": "file", "path": VIDEO, "loop": True, "realtime": True},
-        backend={"type": "onnxruntime"}, **sections,
-    )  # fmt: skip
+        tmp_path / "config.yaml",
+        source=source or {"type": "file", "path": VIDEO, "loop": True, "realtime": True},
+        backend={"type": "onnxruntime"},
+        **sections,
+    )
     env = dict(os.environ, **(extra_env or {}))
     process = run_daemon(config_path, env=env)
     process.http_port = sections["http"]["port"]
@@ -121,10 +124,11 @@ def test_a_hung_source_stops_the_watchdog_and_fails_healthz(tmp_path):
     os.mkfifo(str(folder / "a1.png"))  # reading it blocks forever: the source hangs
     notify = NotifySocket(tmp_path / "notify.sock")
     process = start(
-        tmp_path, source={"type": "images", "path": str(folder)},
+        tmp_path,
+        source={"type": "images", "path": str(folder)},
         extra_env={"NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": "600000"},
         service={"health_timeout_s": 1.0},
-    )  # fmt: skip
+    )
     try:
         wait_http(process)
         time.sleep(3.5)
@@ -145,10 +149,11 @@ def test_healthz_is_503_with_the_reason_while_the_source_is_down_but_the_watchdo
     notify = NotifySocket(tmp_path / "notify.sock")
     missing = tmp_path / "camera.mp4"
     process = start(
-        tmp_path, source={"type": "file", "path": str(missing), "wait_for_source": True},
+        tmp_path,
+        source={"type": "file", "path": str(missing), "wait_for_source": True},
         extra_env={"NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": "600000"},
         service={"health_timeout_s": 1.0},
-    )  # fmt: skip
+    )
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -224,9 +229,13 @@ def multipart(field, filename, data, content_type="image/png"):
     boundary = "----digitdtest%d" % int(time.time() * 1000)
     disposition = 'form-data; name="%s"' % field + ('; filename="%s"' % filename if filename else "")
     body = (
-        ("--%s\r\nContent-Disposition: %s\r\nContent-Type: %s\r\n\r\n" % (boundary, disposition, content_type)).encode()
-        + data + ("\r\n--%s--\r\n" % boundary).encode()
-    )  # fmt: skip
+        (
+            "--%s\r\nContent-Disposition: %s\r\nContent-Type: %s\r\n\r\n"
+            % (boundary, disposition, content_type)
+        ).encode()
+        + data
+        + ("\r\n--%s--\r\n" % boundary).encode()
+    )
     return body, "multipart/form-data; boundary=%s" % boundary
 
 
@@ -252,8 +261,6 @@ def post(port, body, content_type="application/octet-stream", headers=None):
 
 def test_http_endpoints_and_bad_uploads(tmp_path, mnist_test):
     from prometheus_client.parser import text_string_to_metric_families
-
-    from tests.test_predict_cli import photo
 
     process = start(tmp_path, http={"port": free_port(), "max_body_bytes": 200000, "max_pixels": 4000000})
     try:
@@ -319,7 +326,6 @@ def test_http_endpoints_and_bad_uploads(tmp_path, mnist_test):
 
 
 def test_a_multipart_body_of_countless_tiny_parts_is_refused_at_once(tmp_path, mnist_test):
-    from tests.test_predict_cli import photo
 
     process = start(tmp_path)
     try:
@@ -378,9 +384,17 @@ def chromium():
 
     options = webdriver.ChromeOptions()
     options.binary_location = binary
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--window-size=900,900"):  # fmt: skip
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=900,900",
+    ):
         options.add_argument(flag)
     browser = webdriver.Chrome(service=DriverService(executable_path=driver), options=options)
     yield browser
@@ -391,8 +405,6 @@ def test_upload_page_in_headless_chromium(tmp_path, mnist_test, chromium):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.ui import WebDriverWait
-
-    from tests.test_predict_cli import photo
 
     process = start(tmp_path)
     try:
@@ -420,7 +432,6 @@ def test_a_burst_of_big_uploads_gets_503_beyond_two_and_the_camera_keeps_publish
     """Eight 24-megapixel uploads at once: two are read, the rest are told to come back
     (503, Retry-After), and the camera's frames keep being published meanwhile (the backend
     is held only while it runs, not while an upload is decoded and prepared)."""
-    from tests.test_predict_cli import photo
 
     process = start(tmp_path, http={"port": free_port(), "max_body_bytes": 30000000})
     try:

@@ -10,7 +10,7 @@ import pytest
 
 from daemon import config
 from daemon.sources import SourceError, create_source
-from tests.conftest import run_daemon, write_config
+from tests.helpers import run_daemon, write_config
 
 
 def source_settings(**values):

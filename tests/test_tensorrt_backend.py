@@ -17,7 +17,7 @@ import pytest
 from daemon import config, model_meta
 from daemon.backends import BackendUnavailable, load_backend
 from daemon.preprocess import normalise_uint8
-from tests.conftest import MODELS, ROOT, run_daemon, write_config
+from tests.helpers import MODELS, ROOT, run_daemon, write_config
 
 SIMULATOR = ROOT / "tests" / "tensorrt_simulator"
 FLAVOURS = {"8.2": "8.2.1.8", "10": "10.3.0"}
@@ -57,8 +57,15 @@ def model_dir(tmp_path):
 def build(trt, cuda, model_dir, precision="fp16", **kwargs):
     from daemon.tensorrt import build as build_engine
 
-    return build_engine.build(trt, cuda, model_dir / "digits.onnx", model_dir / ("digits.%s.engine" % precision),
-                              precision, timing_cache=str(model_dir / "timing.cache"), **kwargs)  # fmt: skip
+    return build_engine.build(
+        trt,
+        cuda,
+        model_dir / "digits.onnx",
+        model_dir / ("digits.%s.engine" % precision),
+        precision,
+        timing_cache=str(model_dir / "timing.cache"),
+        **kwargs,
+    )
 
 
 def backend_settings(model_dir, **values):
@@ -232,8 +239,11 @@ def test_build_engine_cli_without_tensorrt_says_where_to_get_it_and_exits_69():
     env.pop("PYTHONPATH", None)
     result = subprocess.run(
         [sys.executable, "-m", "daemon.tensorrt.build", "--onnx", str(MODELS / "digits.onnx")],
-        cwd=str(ROOT), capture_output=True, text=True, env=env,
-    )  # fmt: skip
+        cwd=str(ROOT),
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert result.returncode == 69
     assert "TensorRT not found" in result.stderr and "JetPack" in result.stderr
     assert "Traceback" not in result.stderr
@@ -246,10 +256,20 @@ def simulated_env(version):
 def build_engine_cli(model_dir, tmp_path, version):
     """``python -m daemon.tensorrt.build`` in a subprocess that imports the simulator."""
     return subprocess.run(
-        [sys.executable, "-m", "daemon.tensorrt.build", "--onnx", str(model_dir / "digits.onnx"),
-         "--timing-cache", str(tmp_path / "t.cache")],
-        cwd=str(ROOT), capture_output=True, text=True, env=simulated_env(version),
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "daemon.tensorrt.build",
+            "--onnx",
+            str(model_dir / "digits.onnx"),
+            "--timing-cache",
+            str(tmp_path / "t.cache"),
+        ],
+        cwd=str(ROOT),
+        capture_output=True,
+        text=True,
+        env=simulated_env(version),
+    )
 
 
 def test_build_engine_cli_through_the_simulator(tmp_path, model_dir):
@@ -293,7 +313,7 @@ def test_daemon_publishes_over_mosquitto_with_the_tensorrt_backend(
             "type": "auto",
             "engine": str(model_dir / "digits.fp16.engine"),
             "onnx_model": str(model_dir / "digits.onnx"),
-        },  # fmt: skip
+        },
         mqtt={"host": "127.0.0.1", "port": broker.port},
     )
     subscriber = subscriber_factory(broker.port)

@@ -2,7 +2,11 @@
 
 import json
 
+import pytest
+
 from engine_build import train
+
+pytestmark = pytest.mark.slow
 
 
 def test_one_epoch_smoke_run_writes_all_outputs(tmp_path):

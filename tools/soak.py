@@ -57,8 +57,9 @@ def run(minutes, backend, output, warmup_fraction=0.25, video=None):
     config_path.write_text(yaml.safe_dump(config))
     subscriber = Subscriber(broker.port, "digitd/soak/#").start()
     log_file = open(str(workdir / "daemon.log"), "wb")
-    process = subprocess.Popen([sys.executable, "-m", "daemon", "run", "-c", str(config_path)], cwd=str(ROOT),
-                               stderr=log_file)  # fmt: skip
+    process = subprocess.Popen(
+        [sys.executable, "-m", "daemon", "run", "-c", str(config_path)], cwd=str(ROOT), stderr=log_file
+    )
     started = time.monotonic()
     samples = []
     try:
@@ -122,8 +123,15 @@ def plot(report, latencies, path, warmup_s):
     top.plot(times, [r for _, r in report["rss_samples"]])
     top.axvline(warmup_s, color="grey", linestyle="--", label="end of warm-up")
     top.set_ylabel("RSS MB")
-    top.set_title("soak: %s, %.0f min at 30 fps, RSS %+.2f MB after warm-up, %s dropped frames" % (
-        report["backend"], report["minutes"], report["rss_growth_after_warmup_mb"], report["dropped_frames"]))  # fmt: skip
+    top.set_title(
+        "soak: %s, %.0f min at 30 fps, RSS %+.2f MB after warm-up, %s dropped frames"
+        % (
+            report["backend"],
+            report["minutes"],
+            report["rss_growth_after_warmup_mb"],
+            report["dropped_frames"],
+        )
+    )
     top.legend()
     top.grid(alpha=0.3)
     bottom.plot(latencies, linewidth=0.5)

@@ -17,7 +17,6 @@ _REGISTRY = {
     "onnxruntime": ("daemon.backends.onnxruntime", "OnnxRuntimeBackend"),
     "tensorflow": ("daemon.backends.tensorflow", "TensorFlowBackend"),
 }
-NAMES = tuple(_REGISTRY) + ("auto",)
 
 
 def _module_available(name):
@@ -31,8 +30,13 @@ def _instantiate(kind, settings, max_batch):
     module_name, class_name = _REGISTRY[kind]
     cls = getattr(importlib.import_module(module_name), class_name)
     if kind == "tensorrt":
-        return cls(settings.engine, onnx_path=settings.onnx_model, max_batch=max_batch,
-                   rebuild_stale=settings.rebuild_stale, zero_copy=settings.zero_copy)  # fmt: skip
+        return cls(
+            settings.engine,
+            onnx_path=settings.onnx_model,
+            max_batch=max_batch,
+            rebuild_stale=settings.rebuild_stale,
+            zero_copy=settings.zero_copy,
+        )
     if kind == "onnxruntime":
         return cls(settings.onnx_model, threads=settings.threads)
     return cls(settings.keras_model, threads=settings.threads)

@@ -3,8 +3,6 @@
 import importlib
 import os
 
-NUM_CLASSES = 10
-
 
 class BackendUnavailable(Exception):
     """The runtime or its model file is missing or unusable (exit code 69)."""

@@ -45,8 +45,14 @@ class OnnxRuntimeBackend(Backend):
         self.input_name = model_input.name
         self.nchw = meta.get("input", {}).get("layout", "NCHW") == "NCHW"
         self.name = "onnxruntime-%s" % meta.get("precision", "fp32")
-        log.info("ONNX Runtime %s: %s, input %s %s, %d thread(s)", ort.__version__,
-                 self.model_path, self.input_name, model_input.shape, self.threads)  # fmt: skip
+        log.info(
+            "ONNX Runtime %s: %s, input %s %s, %d thread(s)",
+            ort.__version__,
+            self.model_path,
+            self.input_name,
+            model_input.shape,
+            self.threads,
+        )
         return self
 
     def infer(self, batch):

@@ -1,4 +1,4 @@
-"""Frame sources. ``open_source(settings)`` picks the implementation by ``source.type``."""
+"""Frame sources. ``create_source(settings)`` picks the implementation by ``source.type``."""
 
 from daemon.sources.base import Frame, FrameSource, SourceError  # noqa: F401
 

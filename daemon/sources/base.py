@@ -203,8 +203,9 @@ class FrameSource(object):
             self._open()
         except SourceError as exc:
             self._note_failure(exc)
-            log.warning("%s: reopen failed (%s); next try in %.1f s", self.describe(), exc,
-                        self._backoff.current)  # fmt: skip
+            log.warning(
+                "%s: reopen failed (%s); next try in %.1f s", self.describe(), exc, self._backoff.current
+            )
             return
         self._backoff.reset()
         self._last_delivery = time.monotonic()  # the fresh handle gets a full stall_timeout_s

@@ -120,8 +120,12 @@ class CaptureSource(FrameSource):
             if self._frames_this_open == 0:
                 log.warning("%s: no frame could be read (file truncated or corrupt)", self.describe())
             elif total > 0 and self._frames_this_open < total - 1:
-                log.warning("%s: ended early, read failed at frame %d of %d (file truncated or corrupt)",
-                            self.describe(), self._frames_this_open, int(total))  # fmt: skip
+                log.warning(
+                    "%s: ended early, read failed at frame %d of %d (file truncated or corrupt)",
+                    self.describe(),
+                    self._frames_this_open,
+                    int(total),
+                )
             return None
         raise SourceError("camera/stream returned no frame")
 

@@ -29,8 +29,9 @@ log = logging.getLogger(__name__)
 class TensorRTBackend(Backend):
     """Runs a serialized TensorRT engine; ``name`` is ``tensorrt-<precision>``."""
 
-    def __init__(self, engine_path, onnx_path=None, max_batch=32, rebuild_stale=False, zero_copy=False,
-                 device_index=0):  # fmt: skip
+    def __init__(
+        self, engine_path, onnx_path=None, max_batch=32, rebuild_stale=False, zero_copy=False, device_index=0
+    ):
         self.engine_path = str(engine_path)
         self.onnx_path = str(onnx_path) if onnx_path else None
         self.requested_max_batch = max_batch
@@ -81,9 +82,14 @@ class TensorRTBackend(Backend):
             raise BackendUnavailable("TensorRT engine %s: %s" % (self.engine_path, exc)) from exc
         self.cuda_context.pop()
         log.info(
-            "TensorRT %s: %s (%s, %s API, max batch %d%s)", trt.__version__, self.engine_path, self.name,
-            self.api, self.max_batch, ", zero-copy" if self.zero_copy else "",
-        )  # fmt: skip
+            "TensorRT %s: %s (%s, %s API, max batch %d%s)",
+            trt.__version__,
+            self.engine_path,
+            self.name,
+            self.api,
+            self.max_batch,
+            ", zero-copy" if self.zero_copy else "",
+        )
         return self
 
     def _checked_metadata(self):
@@ -117,9 +123,13 @@ class TensorRTBackend(Backend):
         self.cuda_context.pop()
         try:
             _, meta = build_engine.build(
-                self._trt, self._cuda, self.onnx_path, self.engine_path, precision,
+                self._trt,
+                self._cuda,
+                self.onnx_path,
+                self.engine_path,
+                precision,
                 (1, min(8, self.requested_max_batch), self.requested_max_batch),
-            )  # fmt: skip
+            )
         except build_engine.EngineBuildError as exc:
             raise BackendUnavailable("rebuilding %s failed: %s" % (self.engine_path, exc)) from exc
         finally:

@@ -153,8 +153,12 @@ class EngineBuilder(object):
             raise EngineBuildError("cannot parse %s: %s" % (onnx_path, " | ".join(errors) or "unknown error"))
         model_input = self.network.get_input(0)
         self.input_name = model_input.name
-        log.info("network input %s %s, output %s", model_input.name, tuple(model_input.shape),
-                 tuple(self.network.get_output(0).shape))  # fmt: skip
+        log.info(
+            "network input %s %s, output %s",
+            model_input.name,
+            tuple(model_input.shape),
+            tuple(self.network.get_output(0).shape),
+        )
         from daemon.preprocess import INPUT_SIZE
 
         optimisation = self.builder.create_optimization_profile()
@@ -204,8 +208,19 @@ def default_precision(trt, cuda):
     return "fp16" if builder.platform_has_fast_fp16 else "fp32"
 
 
-def build(trt, cuda, onnx_path, engine_path=None, precision=None, profile=(1, 8, 32), workspace_mib=256,
-          timing_cache=None, calibration_images=2000, calibration_cache=None, data_dir=None):  # fmt: skip
+def build(
+    trt,
+    cuda,
+    onnx_path,
+    engine_path=None,
+    precision=None,
+    profile=(1, 8, 32),
+    workspace_mib=256,
+    timing_cache=None,
+    calibration_images=2000,
+    calibration_cache=None,
+    data_dir=None,
+):
     """Build an engine with a fresh CUDA context; returns (engine path, sidecar dict)."""
     cuda.init()
     context = cuda.Device(0).make_context()
@@ -256,8 +271,9 @@ def parse_args(argv=None):
 
 def main(args):
     """Returns 0, 69 when TensorRT/pycuda are missing, 1 when the build fails."""
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")  # fmt: skip
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
     try:
         import tensorrt as trt
     except ImportError as error:
@@ -266,8 +282,11 @@ def main(args):
     try:
         import pycuda.driver as cuda
     except ImportError as error:
-        print("error: pycuda not found (%s); on the Jetson: export PATH=/usr/local/cuda/bin:$PATH; "
-              "pip3 install pycuda" % error, file=sys.stderr)  # fmt: skip
+        print(
+            "error: pycuda not found (%s); on the Jetson: export PATH=/usr/local/cuda/bin:$PATH; "
+            "pip3 install pycuda" % error,
+            file=sys.stderr,
+        )
         return EXIT_UNAVAILABLE
     if not os.path.isfile(args.onnx):
         print("error: ONNX model %s does not exist (make export)" % args.onnx, file=sys.stderr)
@@ -278,18 +297,35 @@ def main(args):
         return 1
     try:
         engine_path, meta = build(
-            trt, cuda, args.onnx, args.engine, args.precision, profile, args.workspace_mib,
-            args.timing_cache, args.calibration_images, args.calibration_cache, args.data_dir,
-        )  # fmt: skip
+            trt,
+            cuda,
+            args.onnx,
+            args.engine,
+            args.precision,
+            profile,
+            args.workspace_mib,
+            args.timing_cache,
+            args.calibration_images,
+            args.calibration_cache,
+            args.data_dir,
+        )
     except (EngineBuildError, OSError) as error:
         print("error: %s" % error, file=sys.stderr)
         return 1
     except cuda.Error as error:
         print("error: CUDA: %s" % error, file=sys.stderr)
         return 1
-    print("built %s: TensorRT %s, %s, GPU %s (sm %s), batch %s"
-          % (engine_path, meta["tensorrt_version"], meta["precision"], meta["gpu_name"],
-             meta["compute_capability"], profile))  # fmt: skip
+    print(
+        "built %s: TensorRT %s, %s, GPU %s (sm %s), batch %s"
+        % (
+            engine_path,
+            meta["tensorrt_version"],
+            meta["precision"],
+            meta["gpu_name"],
+            meta["compute_capability"],
+            profile,
+        )
+    )
     return 0
 
 
