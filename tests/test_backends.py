@@ -18,6 +18,7 @@ def backend_settings(**values):
     return config.from_dict({"source": {"type": "v4l2"}, "backend": values}).backend
 
 
+@pytest.mark.slow
 def test_onnxruntime_and_tensorflow_agree_on_mnist(mnist_test):
     images = normalise_uint8(mnist_test[0][:300])
     with backends.load_backend(backend_settings(type="onnxruntime")) as ort_backend:

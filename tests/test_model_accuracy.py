@@ -7,6 +7,8 @@ from daemon.preprocess import normalise_uint8
 from engine_build import evaluate
 from tests.helpers import MODELS
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def test_batch(mnist_test):

@@ -14,6 +14,8 @@ from engine_build import fonts
 from tests import synthetic
 from tests.helpers import ROOT, run_cli, run_daemon, write_config
 
+pytestmark = pytest.mark.slow
+
 DOCS = ROOT / "docs" / "failures"
 
 

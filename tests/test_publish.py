@@ -141,6 +141,7 @@ def auth_broker(tmp_path):
         ("wrong password", "mqtt.password"),
     ],
 )
+@pytest.mark.slow
 def test_each_connection_failure_is_logged_once_with_its_reason_and_shown_in_healthz(
     tmp_path, case, expected
 ):

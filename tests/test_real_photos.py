@@ -11,6 +11,8 @@ import pytest
 
 from engine_build import eval_real
 
+pytestmark = pytest.mark.slow
+
 LOCATED_FLOOR = 0.97  # grid found where outlines.csv says it is
 EXACT_FLOOR = 0.84  # every one of the 81 cells right (measured: 136 of 160)
 CELLS_FLOOR = 0.997  # measured: 99.78 %

@@ -15,7 +15,7 @@ import yaml
 
 from tests.helpers import SAMPLES, Broker, Subscriber, free_port, run_daemon, write_config
 
-pytestmark = pytest.mark.mqtt
+pytestmark = [pytest.mark.mqtt, pytest.mark.slow]
 VIDEO = SAMPLES / "demo.mp4"
 FRAMES = 240
 

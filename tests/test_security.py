@@ -165,6 +165,7 @@ def test_daemon_publishes_over_tls_with_a_password_from_the_environment(tmp_path
     assert SECRET not in process.log_path.read_text()
 
 
+@pytest.mark.slow
 def test_wrong_password_is_a_clear_error_retried_with_backoff_and_never_logged(tmp_path, pki, tls_broker):
     wrong = "wrong-" + SECRET
     process = run_daemon(daemon_config(tmp_path, pki, tls_broker.port, wrong))

@@ -220,6 +220,7 @@ def test_sigterm_stops_the_daemon_while_it_waits_for_a_missing_file(tmp_path):
             process.wait(10)
 
 
+@pytest.mark.slow
 def test_a_reopened_source_that_is_slow_to_deliver_is_not_dropped_as_stalled(tmp_path, caplog):
     """Like an RTSP camera: opening takes longer than stall_timeout_s. After one read failure the
     source is reopened; the fresh handle must get its own stall_timeout_s to deliver."""
