@@ -114,7 +114,7 @@ def cmd_run(args):
         return EXIT_UNAVAILABLE
     service.run(max_frames=args.max_frames or None)
     if service.pipeline.ended_without_frames():
-        log.error("%s: no frame could be read", service.pipeline.source.describe())
+        log.error("%s: no frame could be read", service.pipeline.describe_source())
         return EXIT_UNAVAILABLE
     return EXIT_OK
 

@@ -7,8 +7,9 @@ inference thread takes dynamic batches of frames, has the reader run them throug
 backend in one call, and publishes. Per-frame errors are logged and counted, never fatal.
 
 Web and service use only this documented interface: ``open``, ``run``, ``stop``,
-``close``, ``request_reload``, ``apply_config``, ``health``, ``stats_snapshot``,
-``latest_view``, ``read_still``, ``describe``, ``ended_without_frames``, ``config``.
+``close``, ``wait_stopped``, ``request_reload``, ``apply_config``, ``health``,
+``stats_snapshot``, ``latest_view``, ``read_still``, ``describe``, ``describe_source``,
+``ended_without_frames``, and ``config`` (read only).
 """
 
 import logging
@@ -91,6 +92,10 @@ class Pipeline(object):
         """Ask the loop to finish (signal-safe: only sets an event)."""
         self.stop_event.set()
 
+    def wait_stopped(self, timeout):
+        """Wait up to ``timeout`` s for a stop request; True once one came."""
+        return self.stop_event.wait(timeout)
+
     def request_reload(self, loader):
         """Ask the capture loop to call ``loader()`` for a new config (signal-safe)."""
         self._reload_source = loader
@@ -128,6 +133,10 @@ class Pipeline(object):
     def ended_without_frames(self):
         """The input ended before a single frame could be read (a file that is not a video)."""
         return self.input_ended and self.source is not None and self.source.stats.frames == 0
+
+    def describe_source(self):
+        """The source, for logs (no secrets)."""
+        return self.source.describe() if self.source is not None else "no source"
 
     # -- what web and service read -----------------------------------------------------------
     def stats_snapshot(self):

@@ -77,7 +77,7 @@ class Service(object):
         systemd's WatchdogSec expire but a camera that is away does not cause restarts."""
         interval = self.notifier.watchdog_interval
         last_status = 0.0
-        while not self.pipeline.stop_event.wait(interval):
+        while not self.pipeline.wait_stopped(interval):
             healthy, detail = self.pipeline.health()
             if detail["alive"]:
                 self.notifier.watchdog()
