@@ -10,6 +10,14 @@ import logging
 import os
 import sys
 
+from daemon import config as config_module
+from daemon.backends import BackendUnavailable
+from daemon.outbox import SpoolError
+from daemon.sources import SourceError
+
+# run and predict import the reading code (numpy, OpenCV) only when they need it: check-config
+# stays quick on the Nano.
+
 EXIT_OK = 0
 EXIT_UNEXPECTED = 1
 EXIT_UNAVAILABLE = 69
@@ -59,7 +67,6 @@ def build_parser():
 
 
 def _load_config(path):
-    from daemon import config as config_module
 
     return config_module.load(path)
 
@@ -71,11 +78,10 @@ def _print_config_errors(error, path):
 
 
 def cmd_check_config(args):
-    from daemon.config import ConfigError
 
     try:
         _load_config(args.config)
-    except ConfigError as error:
+    except config_module.ConfigError as error:
         _print_config_errors(error, args.config)
         return EXIT_CONFIG
     print("%s: OK" % args.config)
@@ -83,15 +89,11 @@ def cmd_check_config(args):
 
 
 def cmd_run(args):
-    from daemon.backends import BackendUnavailable
-    from daemon.config import ConfigError
-    from daemon.outbox import SpoolError
     from daemon.service import Service
-    from daemon.sources import SourceError
 
     try:
         config = _load_config(args.config)
-    except ConfigError as error:
+    except config_module.ConfigError as error:
         setup_logging()
         _print_config_errors(error, args.config)
         return EXIT_CONFIG
@@ -120,9 +122,7 @@ def cmd_run(args):
 
 
 def cmd_predict(args):
-    from daemon import config as config_module
     from daemon import predict
-    from daemon.backends import BackendUnavailable
     from daemon.reader import Reader
 
     setup_logging("WARNING")
