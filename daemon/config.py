@@ -183,6 +183,75 @@ _BOX = Schema(
     }
 )
 
+SOURCE = Schema(
+    {
+        "type": Field(
+            str,
+            "file",
+            "csi, v4l2, rtsp, uri, file or images",
+            choices=("csi", "v4l2", "rtsp", "uri", "file", "images"),
+        ),
+        "path": Field(str, "", "video file (type file) or folder/glob (type images)"),
+        "uri": Field(str, "", "stream address (types rtsp and uri)"),
+        "device": Field(str, "/dev/video0", "V4L2 device (type v4l2)"),
+        "sensor_id": Field(int, 0, "CSI sensor (type csi)", minimum=0, maximum=7),
+        "width": Field(int, 1280, "capture width (csi, v4l2)", minimum=16, maximum=8192),
+        "height": Field(int, 720, "capture height (csi, v4l2)", minimum=16, maximum=8192),
+        "fps": Field(
+            float,
+            30.0,
+            "capture rate (csi, v4l2) and pacing (file with realtime)",
+            minimum=0.1,
+            maximum=240.0,
+        ),
+        "flip_method": Field(int, 0, "nvvidconv flip-method 0-7 (csi)", minimum=0, maximum=7),
+        "pipeline": Field(str, "", "full GStreamer pipeline, overrides the built one"),
+        "loop": Field(bool, False, "restart a video file at its end"),
+        "realtime": Field(bool, False, "pace a video file at fps (drops frames like a camera)"),
+        "wait_for_source": Field(bool, False, "at start, retry an unavailable source instead of exiting 69"),
+        "reopen_initial_delay_s": Field(float, 0.5, "first reopen delay", minimum=0.01),
+        "reopen_max_delay_s": Field(float, 30.0, "longest reopen delay", minimum=0.01),
+        "stall_timeout_s": Field(float, 5.0, "a live source silent this long is reopened", minimum=0.1),
+    }
+)
+
+ROI = Schema(
+    {
+        "mode": Field(
+            str,
+            "center",
+            "center, boxes, segment (numbers) or grid (sudoku, forms)",
+            choices=("center", "boxes", "segment", "grid"),
+            live=True,
+        ),
+        "region": Schema(
+            {
+                "x": Field(int, 0, "left edge", minimum=0, live=True),
+                "y": Field(int, 0, "top edge", minimum=0, live=True),
+                "w": Field(int, 0, "width (0 = whole frame)", minimum=0, live=True),
+                "h": Field(int, 0, "height (0 = whole frame)", minimum=0, live=True),
+            }
+        ),
+        "max_digits": Field(
+            int, 12, "segment: most digits read per frame", minimum=1, maximum=200, live=True
+        ),
+        "grid_rows": Field(int, 9, "grid: rows", minimum=1, maximum=50, live=True),
+        "grid_cols": Field(int, 9, "grid: columns", minimum=1, maximum=50, live=True),
+        "grid_locate": Field(bool, True, "grid: find the grid's outer frame and undo perspective", live=True),
+        "size": Field(int, 200, "side of the centre square, pixels", minimum=8, live=True),
+        "boxes": Field(ListOf(_BOX), [], "fixed boxes (mode boxes): id, x, y, w, h", live=True),
+    }
+)
+
+# one camera of several (``sources:``): its own id and ROIs beside the source settings
+SOURCE_ITEM = Schema(
+    dict(
+        [("id", Field(str, "", "names the source in MQTT topics and payloads (letters, digits, - and _)"))]
+        + list(SOURCE.fields.items())
+        + [("roi", ROI)]
+    )
+)
+
 SCHEMA = Schema(
     {
         "device_id": Field(str, "digitd-01", "identifies this daemon in MQTT topics and payloads"),
@@ -194,69 +263,13 @@ SCHEMA = Schema(
             live=True,
         ),
         "stats_interval_s": Field(float, 10.0, "seconds between stats messages", minimum=0.5),
-        "source": Schema(
-            {
-                "type": Field(
-                    str,
-                    "file",
-                    "csi, v4l2, rtsp, uri, file or images",
-                    choices=("csi", "v4l2", "rtsp", "uri", "file", "images"),
-                ),
-                "path": Field(str, "", "video file (type file) or folder/glob (type images)"),
-                "uri": Field(str, "", "stream address (types rtsp and uri)"),
-                "device": Field(str, "/dev/video0", "V4L2 device (type v4l2)"),
-                "sensor_id": Field(int, 0, "CSI sensor (type csi)", minimum=0, maximum=7),
-                "width": Field(int, 1280, "capture width (csi, v4l2)", minimum=16, maximum=8192),
-                "height": Field(int, 720, "capture height (csi, v4l2)", minimum=16, maximum=8192),
-                "fps": Field(
-                    float,
-                    30.0,
-                    "capture rate (csi, v4l2) and pacing (file with realtime)",
-                    minimum=0.1,
-                    maximum=240.0,
-                ),
-                "flip_method": Field(int, 0, "nvvidconv flip-method 0-7 (csi)", minimum=0, maximum=7),
-                "pipeline": Field(str, "", "full GStreamer pipeline, overrides the built one"),
-                "loop": Field(bool, False, "restart a video file at its end"),
-                "realtime": Field(bool, False, "pace a video file at fps (drops frames like a camera)"),
-                "wait_for_source": Field(
-                    bool, False, "at start, retry an unavailable source instead of exiting 69"
-                ),
-                "reopen_initial_delay_s": Field(float, 0.5, "first reopen delay", minimum=0.01),
-                "reopen_max_delay_s": Field(float, 30.0, "longest reopen delay", minimum=0.01),
-                "stall_timeout_s": Field(
-                    float, 5.0, "a live source silent this long is reopened", minimum=0.1
-                ),
-            }
-        ),
-        "roi": Schema(
-            {
-                "mode": Field(
-                    str,
-                    "center",
-                    "center, boxes, segment (numbers) or grid (sudoku, forms)",
-                    choices=("center", "boxes", "segment", "grid"),
-                    live=True,
-                ),
-                "region": Schema(
-                    {
-                        "x": Field(int, 0, "left edge", minimum=0, live=True),
-                        "y": Field(int, 0, "top edge", minimum=0, live=True),
-                        "w": Field(int, 0, "width (0 = whole frame)", minimum=0, live=True),
-                        "h": Field(int, 0, "height (0 = whole frame)", minimum=0, live=True),
-                    }
-                ),
-                "max_digits": Field(
-                    int, 12, "segment: most digits read per frame", minimum=1, maximum=200, live=True
-                ),
-                "grid_rows": Field(int, 9, "grid: rows", minimum=1, maximum=50, live=True),
-                "grid_cols": Field(int, 9, "grid: columns", minimum=1, maximum=50, live=True),
-                "grid_locate": Field(
-                    bool, True, "grid: find the grid's outer frame and undo perspective", live=True
-                ),
-                "size": Field(int, 200, "side of the centre square, pixels", minimum=8, live=True),
-                "boxes": Field(ListOf(_BOX), [], "fixed boxes (mode boxes): id, x, y, w, h", live=True),
-            }
+        "source": SOURCE,
+        "roi": ROI,
+        "sources": Field(
+            ListOf(SOURCE_ITEM),
+            [],
+            "several cameras in one daemon, each with an id, its source settings and its roi "
+            "(instead of source and roi); their crops share one batcher and one backend",
         ),
         "preprocess": PREPROCESS,
         "batching": Schema(
@@ -512,31 +525,23 @@ def _cross_checks(config, errors, failed=()):
         ):
             errors.append(message)
 
-    roi, source, mqtt = config.roi, config.source, config.mqtt
-    check(
-        roi.mode != "boxes" or roi.boxes,
-        ("roi.mode", "roi.boxes"),
-        "roi.boxes: mode boxes needs at least one box",
-    )
-    seen = set()
-    for index, box in enumerate(roi.boxes):
-        path = "roi.boxes[%d].id" % index
-        check(box.id, (path,), "%s: every box needs an id" % path)
-        check(not box.id or box.id not in seen, (path,), "%s: duplicate id %r" % (path, box.id))
-        seen.add(box.id)
-    keys = ("source.type", "source.path")
-    check(source.type != "file" or source.path, keys, "source.path: type file needs a video file")
-    check(source.type != "images" or source.path, keys, "source.path: type images needs a folder or glob")
-    check(
-        source.type not in ("rtsp", "uri") or source.uri or source.pipeline,
-        ("source.type", "source.uri", "source.pipeline"),
-        "source.uri: type %s needs a stream address" % source.type,
-    )
-    check(
-        source.reopen_max_delay_s >= source.reopen_initial_delay_s,
-        ("source.reopen_max_delay_s", "source.reopen_initial_delay_s"),
-        "source.reopen_max_delay_s: smaller than reopen_initial_delay_s",
-    )
+    mqtt = config.mqtt
+    if config.sources:
+        seen_ids = set()
+        for index, item in enumerate(config.sources):
+            path = "sources[%d]" % index
+            check(
+                re.match(r"^[A-Za-z0-9_-]+$", item.id),
+                (path + ".id",),
+                "%s.id: %r must be letters, digits, '-' or '_' (it is part of MQTT topics)" % (path, item.id),
+            )
+            check(item.id not in seen_ids, (path + ".id",), "%s.id: duplicate id %r" % (path, item.id))
+            seen_ids.add(item.id)
+            _check_source(item, path, check)
+            _check_roi(item.roi, path + ".roi", check)
+    else:
+        _check_source(config.source, "source", check)
+        _check_roi(config.roi, "roi", check)
     check(
         mqtt.reconnect_max_s >= mqtt.reconnect_min_s,
         ("mqtt.reconnect_max_s", "mqtt.reconnect_min_s"),
@@ -552,6 +557,46 @@ def _cross_checks(config, errors, failed=()):
         ("device_id",),
         "device_id: %r must be non-empty without '/', '#', '+' or spaces" % config.device_id,
     )
+
+
+def _check_roi(roi, prefix, check):
+    check(
+        roi.mode != "boxes" or roi.boxes,
+        (prefix + ".mode", prefix + ".boxes"),
+        "%s.boxes: mode boxes needs at least one box" % prefix,
+    )
+    seen = set()
+    for index, box in enumerate(roi.boxes):
+        path = "%s.boxes[%d].id" % (prefix, index)
+        check(box.id, (path,), "%s: every box needs an id" % path)
+        check(not box.id or box.id not in seen, (path,), "%s: duplicate id %r" % (path, box.id))
+        seen.add(box.id)
+
+
+def _check_source(source, prefix, check):
+    keys = (prefix + ".type", prefix + ".path")
+    check(source.type != "file" or source.path, keys, "%s.path: type file needs a video file" % prefix)
+    check(
+        source.type != "images" or source.path, keys, "%s.path: type images needs a folder or glob" % prefix
+    )
+    check(
+        source.type not in ("rtsp", "uri") or source.uri or source.pipeline,
+        (prefix + ".type", prefix + ".uri", prefix + ".pipeline"),
+        "%s.uri: type %s needs a stream address" % (prefix, source.type),
+    )
+    check(
+        source.reopen_max_delay_s >= source.reopen_initial_delay_s,
+        (prefix + ".reopen_max_delay_s", prefix + ".reopen_initial_delay_s"),
+        "%s.reopen_max_delay_s: smaller than reopen_initial_delay_s" % prefix,
+    )
+
+
+def inputs(config):
+    """[(source id, source settings, roi settings)]: one entry per camera. A config with the
+    single ``source``/``roi`` form gives one entry whose id is None (topics without an id)."""
+    if config.sources:
+        return [(item.id, item, item.roi) for item in config.sources]
+    return [(None, config.source, config.roi)]
 
 
 def _read_password_file(config, errors):
@@ -593,6 +638,8 @@ def from_dict(data, base_dirs=(PROJECT_ROOT,)):
     ``base_dirs`` (the config file's folder, then the project's)."""
     errors = []
     config = _build(SCHEMA, data, "", errors)
+    if isinstance(data, dict) and data.get("sources") and ("source" in data or "roi" in data):
+        errors.append("sources: give either source and roi (one camera) or sources (several), not both")
     failed = set(e.split(":", 1)[0] for e in errors)
     _cross_checks(config, errors, failed)
     if not failed & {"mqtt.password", "mqtt.password_file"}:

@@ -51,21 +51,23 @@ class Reader(object):
         self.extractor = self._extractor(roi_settings.mode)
 
     @classmethod
-    def from_config(cls, config, backend=None, lock=None):
-        """A reader with ``config``'s settings; loads the configured backend unless one is given."""
+    def from_config(cls, config, backend=None, lock=None, roi_settings=None):
+        """A reader with ``config``'s settings (``roi_settings``: one camera's, default the
+        config's ``roi``); loads the configured backend unless one is given."""
         if backend is None:
             backend = backends.load_backend(config.backend, config.batching.max_batch)
         return cls(
-            config.roi,
+            roi_settings or config.roi,
             preprocess.PreprocessParams.from_config(config.preprocess),
             config.postprocess.min_confidence,
             backend,
             lock,
         )
 
-    def with_settings(self, config):
-        """A reader on the same backend and lock with ``config``'s ROI and preprocessing settings."""
-        return Reader.from_config(config, self.backend, self.lock)
+    def with_settings(self, config, roi_settings=None):
+        """A reader on the same backend and lock with ``config``'s preprocessing settings and
+        ``roi_settings`` (default the config's ``roi``)."""
+        return Reader.from_config(config, self.backend, self.lock, roi_settings)
 
     def __enter__(self):
         return self

@@ -7,7 +7,8 @@ import time
 
 import numpy as np
 
-# The keys of the MQTT stats payload (besides device_id and ts), in the order published.
+# The keys of the MQTT stats payload (besides device_id and ts), in the order published; with
+# several cameras, ``sources`` follows them.
 STATS_PAYLOAD_KEYS = (
     "fps_in",
     "fps_out",
@@ -82,15 +83,18 @@ class PipelineStats(object):
         self.latency_buckets.observe(latency_ms / 1000.0)
         self.last_output = time.monotonic()
 
-    def snapshot(self, source, backend, queue_depth, publisher):
-        """Every counter now, as one dict (``source``/``publisher``/``backend`` may be None)."""
+    def snapshot(self, cameras, backend, queue_depth, publisher):
+        """Every counter now, as one dict; ``cameras`` are the pipeline's (a ``source`` may be
+        None before it opens), ``publisher`` and ``backend`` may be None. With several cameras,
+        ``sources`` lists each and the source counters are their sums."""
         now = time.monotonic()
         latencies = np.array(self.latencies_ms) if self.latencies_ms else np.zeros(1)
         mqtt = publisher.stats if publisher is not None else None
-        return {
+        states = [c.source.stats.state if c.source is not None else "closed" for c in cameras]
+        snapshot = {
             "frames_in": self.frames_in,
             "frames_out": self.frames_out,
-            "dropped_frames": source.stats.dropped if source is not None else 0,
+            "dropped_frames": sum(c.source.stats.dropped for c in cameras if c.source is not None),
             "frame_errors": self.frame_errors,
             "inference_errors": self.inference_errors,
             "latency_p50_ms": round(float(np.percentile(latencies, 50)), 2),
@@ -98,8 +102,9 @@ class PipelineStats(object):
             "mean_batch": round(self.crops / float(self.batches), 2) if self.batches else 0.0,
             "backend": backend.name if backend is not None else None,
             "queue_depth": queue_depth,
-            "source_state": source.stats.state if source is not None else "closed",
-            "source_reconnects": source.stats.reconnects if source is not None else 0,
+            # one state for all: the first that is not "running", so a camera that is away shows
+            "source_state": next((state for state in states if state != "running"), "running"),
+            "source_reconnects": sum(c.source.stats.reconnects for c in cameras if c.source is not None),
             "mqtt_connected": bool(mqtt is not None and mqtt.connected),
             "mqtt_queue": publisher.pending() if publisher is not None else 0,
             "mqtt_dropped": mqtt.dropped if mqtt is not None else 0,
@@ -117,6 +122,22 @@ class PipelineStats(object):
             "batch_sum": self.batch_buckets.total,
             "taken": now,
         }
+        if any(camera.id is not None for camera in cameras):
+            snapshot["sources"] = [_camera_stats(camera, state) for camera, state in zip(cameras, states)]
+        return snapshot
+
+
+def _camera_stats(camera, state):
+    source = camera.source.stats if camera.source is not None else None
+    return {
+        "id": camera.id,
+        "state": state,
+        "frames_in": camera.frames_in,
+        "frames_out": camera.frames_out,
+        "dropped_frames": source.dropped if source is not None else 0,
+        "reconnects": source.reconnects if source is not None else 0,
+        "last_error": (source.last_error or None) if source is not None else None,
+    }
 
 
 def stats_payload(snapshot, previous):
@@ -128,4 +149,5 @@ def stats_payload(snapshot, previous):
     values = dict(snapshot)
     values["fps_in"] = round((snapshot["frames_in"] - frames_in) / elapsed, 2)
     values["fps_out"] = round((snapshot["frames_out"] - frames_out) / elapsed, 2)
-    return collections.OrderedDict((key, values[key]) for key in STATS_PAYLOAD_KEYS)
+    keys = STATS_PAYLOAD_KEYS + (("sources",) if "sources" in snapshot else ())
+    return collections.OrderedDict((key, values[key]) for key in keys)

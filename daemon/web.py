@@ -232,8 +232,16 @@ def get_metrics(web, request):
     return Response(200, text, "text/plain; version=0.0.4; charset=utf-8")
 
 
+def _query(request, name, default=None):
+    return (parse_qs(urlsplit(request.path).query).get(name) or [default])[0]
+
+
 def get_snapshot(web, request):
-    view = web.pipeline.latest_view()
+    """The newest frame annotated; ``?source=<id>`` picks a camera (default the first)."""
+    try:
+        view = web.pipeline.latest_view(_query(request, "source"))
+    except KeyError as exc:
+        return error(404, exc.args[0])
     if view is None:
         return error(503, "no frame yet")
     return Response(200, encode_jpeg(annotate(view)), "image/jpeg")
@@ -247,7 +255,11 @@ def get_upload_page(web, request):
 
 
 def get_stream(web, request):
-    """MJPEG of the annotated frames at most ``http.stream_fps``; answers by itself."""
+    """MJPEG of the annotated frames at most ``http.stream_fps`` (``?source=<id>`` picks a
+    camera); answers by itself."""
+    source_id = _query(request, "source")
+    if source_id is not None and source_id not in web.pipeline.source_ids():
+        return error(404, "no source %r" % source_id)
     if not web.streams.acquire(blocking=False):
         return error(503, "too many stream clients (max %d)" % web.settings.max_streams)
     try:
@@ -260,7 +272,7 @@ def get_stream(web, request):
         period = 1.0 / web.settings.stream_fps
         last_index = None
         while not web.stopping.is_set():
-            view = web.pipeline.latest_view()
+            view = web.pipeline.latest_view(source_id)
             if view is not None and view.frame.index != last_index:
                 last_index = view.frame.index
                 data = encode_jpeg(annotate(view))
@@ -280,7 +292,7 @@ def get_stream(web, request):
 
 def post_predict(web, request):
     """An image in the body (raw or multipart); ``?roi=center|segment|grid|boxes``."""
-    roi_mode = (parse_qs(urlsplit(request.path).query).get("roi") or ["center"])[0]
+    roi_mode = _query(request, "roi", "center")
     if roi_mode not in STILL_ROI_MODES:
         return error(400, "roi must be one of %s, not %r" % (", ".join(STILL_ROI_MODES), roi_mode))
     try:
