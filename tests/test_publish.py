@@ -97,7 +97,7 @@ def tls_broker(tmp_path):
     subprocess.run(
         ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=localhost",
          "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
+        check=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
     port = free_port()
     text = "listener %d 127.0.0.1\ncertfile %s\nkeyfile %s\nallow_anonymous true\n" % (port, cert, key)
@@ -108,7 +108,10 @@ def auth_broker(tmp_path):
     passwords = tmp_path / "passwords"
     passwords.write_text("")
     subprocess.run(
-        ["mosquitto_passwd", "-b", str(passwords), "digitd", "right-one"], check=True, capture_output=True
+        ["mosquitto_passwd", "-b", str(passwords), "digitd", "right-one"],
+        check=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     port = free_port()
     text = "listener %d 127.0.0.1\nallow_anonymous false\npassword_file %s\n" % (port, passwords)

@@ -348,7 +348,7 @@ def test_build_engine_cli_without_tensorrt_says_where_to_get_it_and_exits_69():
     env.pop("PYTHONPATH", None)
     result = subprocess.run(
         [sys.executable, "-m", "daemon.tensorrt.build", "--onnx", str(MODELS / "digits.onnx")],
-        cwd=str(ROOT), capture_output=True, text=True, env=env,
+        cwd=str(ROOT), stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, env=env,
     )  # fmt: skip
     assert result.returncode == 69
     assert "TensorRT not found" in result.stderr and "JetPack" in result.stderr
@@ -364,7 +364,7 @@ def build_engine_cli(model_dir, tmp_path, version):
     return subprocess.run(
         [sys.executable, "-m", "daemon.tensorrt.build", "--onnx", str(model_dir / "digits.onnx"),
          "--timing-cache", str(tmp_path / "t.cache")],
-        cwd=str(ROOT), capture_output=True, text=True, env=simulated_env(version),
+        cwd=str(ROOT), stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, env=simulated_env(version),
     )  # fmt: skip
 
 
@@ -396,7 +396,7 @@ def test_tensorrt_path_never_imports_tensorflow(tmp_path, model_dir):
         "print(b.name, 'tensorflow' in sys.modules)\n"
     ) % (onnx_path, engine_path, engine_path, onnx_path)
     out = subprocess.run(
-        [sys.executable, "-c", code], cwd=str(ROOT), env=env, stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", code], cwd=str(ROOT), env=env, stdout=subprocess.PIPE, universal_newlines=True
     )
     assert out.stdout.split() == ["tensorrt-fp16", "False"]
 
