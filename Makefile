@@ -119,7 +119,7 @@ test: $(STAMP) mosquitto browser fonts lint gstreamer-env py36-env
 	@test -f $(PAHO16)/paho/mqtt/client.py || $(PY) -m pip install --quiet --target $(PAHO16) paho-mqtt==1.6.1
 	PYTHONPATH=$(PAHO16) DIGITD_EXPECT_PAHO=1.6 $(PY) -m pytest -q -m "mqtt and not slow and not gstreamer"
 	@# GStreamer for real: Debian's OpenCV, python3-gi, an RTSP server (see tests/test_gstreamer.py)
-	DIGITD_REQUIRE_GSTREAMER=1 $(GST_PY) -m pytest -q -p no:cacheprovider -m gstreamer
+	DIGITD_REQUIRE_GSTREAMER=1 $(GST_PY) -m pytest -q -p no:cacheprovider -m gstreamer tests/test_gstreamer.py
 	@# the device code on the Nano's Python 3.6, TensorRT through the simulator
 	DIGITD_EXPECT_PAHO=1.6 $(PY36) -m pytest -q -p no:cacheprovider -m "not host and not gstreamer and not slow" $(PY36_TESTS)
 

@@ -170,6 +170,7 @@ def test_simulator_names_exist_in_the_real_tensorrt_wheels(flavour):
             assert not dropped & real, "simulator %s hides names TensorRT %s has" % (flavour, version)
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the fault it provokes
 def test_simulator_fails_like_tensorrt_when_an_object_outlives_its_context(trt_sim):
     """The check the teardown tests rely on: a Builder freed with no context current is an error."""
     trt, cuda = trt_sim
