@@ -13,8 +13,24 @@ SYSUSERSDIR ?= /usr/lib/sysusers.d
 INSTALL_REQUIREMENTS ?= $(if $(filter aarch64,$(shell uname -m)),requirements/jetson.txt,requirements/host.txt)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 DEVICE_CODE := daemon
+# GStreamer tests: Debian's python3-opencv (built with GStreamer) needs Debian's own python3.
+GST_VENV ?= .venv-gst
+GST_PY := $(GST_VENV)/bin/python
+GST_PACKAGES := python3-venv python3-opencv python3-gi gir1.2-gstreamer-1.0 gir1.2-gst-rtsp-server-1.0 \
+	gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly \
+	gstreamer1.0-plugins-bad gstreamer1.0-libav
+# The Nano's Python: CPython 3.6 from pyenv, with what requirements/jetson.txt resolves to there.
+PYTHON36 ?= $(shell ls -d $${PYENV_ROOT:-$$HOME/.pyenv}/versions/3.6*/bin/python 2>/dev/null | tail -1)
+VENV36 ?= .venv36
+PY36 := $(VENV36)/bin/python
+# The daemon's tests that run on 3.6 (training, export, install and browser tests are host-only).
+PY36_TESTS := tests/test_batching.py tests/test_config.py tests/test_daemon_mqtt.py tests/test_postprocess.py \
+	tests/test_publish.py tests/test_roi.py tests/test_sources.py tests/test_tensorrt_backend.py \
+	tests/test_pipeline.py tests/test_preprocess.py tests/test_backends.py tests/test_security.py tests/test_predict_cli.py \
+	tests/test_pipeline_in_process.py tests/test_web.py tests/test_outbox.py tests/test_notify.py \
+	tests/test_publisher_in_process.py tests/test_several_cameras.py
 
-.PHONY: help setup mosquitto browser fonts train-fonts soak data train baselines export eval eval-real test check lint demo build-engine install uninstall bench clean
+.PHONY: help setup gstreamer-env py36-env jetson-check mosquitto browser fonts train-fonts soak data train baselines export eval eval-real test check lint demo build-engine install uninstall bench clean
 
 help:
 	@echo "make demo          run the daemon on the bundled sample video (CPU) and print what MQTT receives"
@@ -28,6 +44,7 @@ help:
 	@echo "make eval          accuracy, per-class table and confusion matrices"
 	@echo "make eval-real     read the 160 real sudoku photos in ../shared: figures + failure images"
 	@echo "make build-engine  ONNX -> TensorRT engine (on the Jetson)"
+	@echo "make jetson-check  what this device has (L4T, TensorRT, CUDA, OpenCV+GStreamer, pycuda, cameras)"
 	@echo "make install       install under PREFIX=$(PREFIX) with the systemd unit (DESTDIR supported)"
 	@echo "make bench         benchmarks -> bench/results/"
 	@echo "make soak          SOAK_MINUTES=10 at 30 fps against Mosquitto: RSS, drops, latency -> bench/results/soak.*"
@@ -98,14 +115,41 @@ lint: $(STAMP)
 	$(PY) -m ruff format --check .
 	$(VENV)/bin/vermin -q --no-tips --violations -t=3.6- --eval-annotations $(DEVICE_CODE)
 
-test: $(STAMP) mosquitto browser fonts lint
-	$(PY) -m pytest -q
+test: $(STAMP) mosquitto browser fonts lint gstreamer-env py36-env
+	$(PY) -m pytest -q -m "not gstreamer"
 	@# the MQTT tests once more with paho-mqtt 1.6 (the last release for the Nano's Python 3.6)
 	@test -f $(PAHO16)/paho/mqtt/client.py || $(PY) -m pip install --quiet --target $(PAHO16) paho-mqtt==1.6.1
-	PYTHONPATH=$(PAHO16) DIGITD_EXPECT_PAHO=1.6 $(PY) -m pytest -q -m mqtt --ignore=tests/test_soak.py
+	PYTHONPATH=$(PAHO16) DIGITD_EXPECT_PAHO=1.6 $(PY) -m pytest -q -m "mqtt and not gstreamer" --ignore=tests/test_soak.py
+	@# GStreamer for real: Debian's OpenCV, python3-gi, an RTSP server (see tests/test_gstreamer.py)
+	DIGITD_REQUIRE_GSTREAMER=1 $(GST_PY) -m pytest -q -p no:cacheprovider -m gstreamer tests/test_gstreamer.py
+	@# the device code on the Nano's Python 3.6, TensorRT through the simulator
+	DIGITD_EXPECT_PAHO=1.6 $(PY36) -m pytest -q -p no:cacheprovider -m "not host and not gstreamer and not slow" $(PY36_TESTS)
+
+# Debian's python3-opencv is built with GStreamer (as JetPack's is); a venv that sees it.
+gstreamer-env: mosquitto $(GST_VENV)/.installed
+
+$(GST_VENV)/.installed: requirements/gstreamer-test.txt
+	@dpkg -s $(GST_PACKAGES) >/dev/null 2>&1 || $(call APT_INSTALL,$(GST_PACKAGES))
+	@test -x $(GST_PY) || /usr/bin/python3 -m venv --system-site-packages $(GST_VENV)
+	$(GST_PY) -m pip install --quiet -r requirements/gstreamer-test.txt
+	@touch $@
+
+py36-env: $(VENV36)/.installed
+
+$(VENV36)/.installed: requirements/jetson.txt requirements/py36-test.txt
+	@test -n "$(PYTHON36)" || { echo "no CPython 3.6 (pyenv install 3.6.15, or PYTHON36=...)"; exit 1; }
+	@test -x $(PY36) || $(PYTHON36) -m venv $(VENV36)
+	$(PY36) -m pip install --quiet pip==21.3.1
+	@# pycuda needs CUDA to build: the TensorRT/pycuda simulator stands in for it here
+	grep -v '^pycuda' requirements/jetson.txt > $(VENV36)/jetson-without-pycuda.txt
+	$(PY36) -m pip install --quiet -r $(VENV36)/jetson-without-pycuda.txt -r requirements/py36-test.txt
+	@touch $@
+
+jetson-check:
+	@py=python3; [ -x $(PY) ] && py=$(PY); $$py -m daemon.jetson_check
 
 check: $(STAMP) fonts lint
-	$(PY) -m pytest -q -x -m "not slow"
+	$(PY) -m pytest -q -x -m "not slow and not gstreamer"
 
 # Code under PREFIX, config under SYSCONFDIR/digitd (never overwritten), the unit, the user.
 # With DESTDIR (packaging, tests) nothing outside DESTDIR is touched: no user, venv or systemctl.
@@ -122,7 +166,12 @@ install:
 	@if [ -z "$(DESTDIR)" ]; then \
 	  systemd-sysusers $(SYSUSERSDIR)/digitd.conf; \
 	  $(PYTHON) -m venv --system-site-packages $(PREFIX)/.venv; \
-	  $(PREFIX)/.venv/bin/python -m pip install --quiet -r $(PREFIX)/$(INSTALL_REQUIREMENTS); \
+	  if [ "$(INSTALL_REQUIREMENTS)" = requirements/jetson.txt ]; then \
+	    $(PREFIX)/.venv/bin/python -m pip install --quiet --upgrade pip==21.3.1; \
+	    grep -v '^pycuda' $(PREFIX)/requirements/jetson.txt > $(PREFIX)/.venv/requirements.txt; \
+	    $(PREFIX)/.venv/bin/python -m pip install --quiet -r $(PREFIX)/.venv/requirements.txt; \
+	    PATH=/usr/local/cuda/bin:$$PATH $(PREFIX)/.venv/bin/python -m pip install --quiet --no-build-isolation pycuda; \
+	  else $(PREFIX)/.venv/bin/python -m pip install --quiet -r $(PREFIX)/$(INSTALL_REQUIREMENTS); fi; \
 	  systemctl daemon-reload 2>/dev/null || true; \
 	  echo "installed; start with: systemctl enable --now digitd ; logs: journalctl -u digitd -f"; \
 	fi
@@ -145,4 +194,4 @@ soak: $(STAMP) mosquitto
 	$(PY) -m tools.soak --minutes $(SOAK_MINUTES)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(GST_VENV) $(VENV36) .pytest_cache .ruff_cache

@@ -54,8 +54,10 @@ def mnist_test():
 def schemas():
     import jsonschema
 
+    # jsonschema 3.2 (the last for Python 3.6) knows draft 7, which covers what these schemas use.
+    validator = getattr(jsonschema, "Draft202012Validator", None) or jsonschema.Draft7Validator
     out = {}
     for kind in ("prediction", "state", "stats"):
         schema = json.loads((SCHEMAS / ("%s.schema.json" % kind)).read_text())
-        out[kind] = jsonschema.Draft202012Validator(schema)
+        out[kind] = validator(schema)
     return out

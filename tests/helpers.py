@@ -53,8 +53,9 @@ def run_cli(*args, timeout=120, env=None):
     return subprocess.run(
         [sys.executable, "-m", "daemon"] + [str(a) for a in args],
         cwd=str(ROOT),
-        capture_output=True,
-        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        universal_newlines=True,  # capture_output and text came in Python 3.7
         timeout=timeout,
         env=env,
     )

@@ -114,7 +114,8 @@ def tls_broker(tmp_path):
             str(cert),
         ],
         check=True,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     port = free_port()
     text = "listener %d 127.0.0.1\ncertfile %s\nkeyfile %s\nallow_anonymous true\n" % (port, cert, key)
@@ -125,7 +126,10 @@ def auth_broker(tmp_path):
     passwords = tmp_path / "passwords"
     passwords.write_text("")
     subprocess.run(
-        ["mosquitto_passwd", "-b", str(passwords), "digitd", "right-one"], check=True, capture_output=True
+        ["mosquitto_passwd", "-b", str(passwords), "digitd", "right-one"],
+        check=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     port = free_port()
     text = "listener %d 127.0.0.1\nallow_anonymous false\npassword_file %s\n" % (port, passwords)

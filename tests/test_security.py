@@ -20,7 +20,9 @@ SECRET = "s3cret-Pa55word-never-logged"
 
 
 def openssl(*args, cwd):
-    subprocess.run(["openssl"] + list(args), cwd=str(cwd), check=True, capture_output=True)
+    subprocess.run(
+        ["openssl"] + list(args), cwd=str(cwd), check=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
 
 
 @pytest.fixture(scope="module")

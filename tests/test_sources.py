@@ -116,13 +116,72 @@ def test_image_folder_skips_unreadable_files(tmp_path):
 
 
 def test_gstreamer_pipelines_are_built_for_csi():
-    from daemon.sources.capture import csi_pipeline
+    from daemon.sources.capture import csi_pipeline, pipeline_elements
 
     pipeline = csi_pipeline(1, 1280, 720, 30, 2)
     assert pipeline.startswith("nvarguscamerasrc sensor-id=1 !")
     assert "width=(int)1280, height=(int)720, framerate=(fraction)30/1" in pipeline
-    assert "nvvidconv flip-method=2" in pipeline
+    assert (
+        "nvvidconv flip-method=2 ! video/x-raw, format=(string)GRAY8 ! appsink" in pipeline
+    )  # no CPU colour
     assert pipeline.endswith("appsink drop=true max-buffers=1 sync=false")
+    assert pipeline_elements(pipeline) == ["nvarguscamerasrc", "nvvidconv", "appsink"]
+    assert "framerate=(fraction)1/4" in csi_pipeline(0, 640, 480, 0.25, 0)  # was 0/1
+    assert "framerate=(fraction)2997/100" in csi_pipeline(0, 640, 480, 29.97, 0)
+
+
+OPENCV4_INFO = """
+  Video I/O:
+    DC1394:                      NO
+    FFMPEG:                      YES
+    GStreamer:                   YES (1.14.5)
+    v4l/v4l2:                    YES (linux/videodev2.h)
+"""
+OPENCV3_INFO = """
+  Video I/O:
+    FFMPEG:                      YES
+      avcodec:                   YES (ver 57.107.100)
+    GStreamer:
+      base:                      YES (ver 1.14.5)
+      video:                     YES (ver 1.14.5)
+      app:                       YES (ver 1.14.5)
+    libv4l/libv4l2:              NO
+"""
+
+
+def test_has_gstreamer_reads_opencv_3_and_4_build_information():
+    from daemon.sources.capture import has_gstreamer
+
+    assert has_gstreamer(OPENCV4_INFO) and has_gstreamer(OPENCV3_INFO)
+    assert not has_gstreamer(OPENCV4_INFO.replace("YES (1.14.5)", "NO"))
+    assert not has_gstreamer(OPENCV3_INFO.replace("base:                      YES", "base: NO"))
+    assert not has_gstreamer("  Video I/O:\n    FFMPEG: YES\n")
+
+
+def test_a_capture_that_never_opens_fails_within_the_timeout(monkeypatch):
+    """cv2.VideoCapture blocking forever (busy camera, pipeline that never starts) must not hang
+    the daemon: the open gives up, and the capture is released should it open later."""
+    import threading
+
+    from daemon.sources import capture as capture_module
+
+    unblock = threading.Event()
+    released = threading.Event()
+
+    class StuckCapture(object):
+        def __init__(self, *args):
+            unblock.wait(10)
+
+        def release(self):
+            released.set()
+
+    monkeypatch.setattr(capture_module.cv2, "VideoCapture", StuckCapture)
+    started = time.monotonic()
+    with pytest.raises(SourceError, match="opening csi sensor 0 did not finish within 0 s"):
+        capture_module.open_capture("pipeline", 0, 0.3, "csi sensor 0")
+    assert time.monotonic() - started < 2.0
+    unblock.set()
+    assert released.wait(5), "a capture that opened after the timeout must be released"
 
 
 def test_csi_without_gstreamer_opencv_says_why():

@@ -1,9 +1,12 @@
 """The TensorRT backend and engine builder, run unchanged through the TensorRT/pycuda simulator
-(tests/tensorrt_simulator) in both API flavours: 8.2 (binding index) and 10 (tensor names).
+(tests/tensorrt_simulator) in four API flavours: 8.2 (binding index), 8.6 (both), 10 (tensor
+names, weak typing deprecated) and 11 (strongly typed networks only, no INT8 calibrator).
 
-Nothing here touches a GPU: it proves API use, buffer handling, context discipline and numbers.
+Nothing here touches a GPU: it proves API use, buffer handling, context discipline (every object
+freed under the context it was made in) and numbers.
 """
 
+import gc
 import json
 import os
 import shutil
@@ -20,7 +23,14 @@ from daemon.preprocess import normalise_uint8
 from tests.helpers import MODELS, ROOT, run_daemon, write_config
 
 SIMULATOR = ROOT / "tests" / "tensorrt_simulator"
-FLAVOURS = {"8.2": "8.2.1.8", "10": "10.3.0"}
+FLAVOURS = {"8.2": "8.2.1.8", "8.6": "8.6.1", "10": "10.3.0", "11": "11.4.0"}
+# The real wheels each flavour's names are checked against (names/, made by list_names.py).
+# 8.2 ships only inside JetPack, so the 8.2 flavour is checked against 8.6.1, the oldest wheel.
+REAL_NAMES = {"8.2": ["8.6.1"], "8.6": ["8.6.1"], "10": ["10.3.0", "10.16.1.11"], "11": ["11.4.0.106"]}
+
+
+def major(trt):
+    return int(trt.__version__.split(".")[0])
 
 
 def _purge_simulated_modules():
@@ -44,7 +54,10 @@ def trt_sim(request, monkeypatch):
     import tensorrt as trt
 
     yield trt, cuda
+    gc.collect()
+    errors = list(cuda.lifetime_errors)
     _purge_simulated_modules()
+    assert not errors, "objects freed outside their CUDA context: %s" % errors
 
 
 @pytest.fixture
@@ -80,10 +93,14 @@ def test_builder_uses_each_versions_config_api(trt_sim, model_dir):
     names = [c[0] for c in trt.calls]
     if trt.__version__.startswith("8.2"):
         assert ("IBuilderConfig.max_workspace_size", 256 << 20) in trt.calls
-        assert ("Builder.create_network", 1) in trt.calls  # EXPLICIT_BATCH flag
     else:
         assert ("IBuilderConfig.set_memory_pool_limit", "WORKSPACE", 256 << 20) in trt.calls
+    if major(trt) < 10:
+        assert ("Builder.create_network", 1) in trt.calls  # EXPLICIT_BATCH flag
+    elif major(trt) == 10:
         assert ("Builder.create_network", 0) in trt.calls
+    else:
+        assert ("Builder.create_network", 1) in trt.calls  # STRONGLY_TYPED (value 0 in 11)
     assert (
         "IOptimizationProfile.set_shape",
         "image",
@@ -91,7 +108,16 @@ def test_builder_uses_each_versions_config_api(trt_sim, model_dir):
         (8, 1, 28, 28),
         (32, 1, 28, 28),
     ) in trt.calls
-    assert ("IBuilderConfig.set_flag", "FP16") in trt.calls
+    if major(trt) < 11:
+        assert ("IBuilderConfig.set_flag", "FP16") in trt.calls
+        assert meta["build_path"] == "builder-flag" and "network_onnx" not in meta
+    else:  # no FP16 flag: a strongly typed network from the FP16 ONNX
+        assert not any(c[0] == "IBuilderConfig.set_flag" for c in trt.calls)
+        assert meta["build_path"] == "strongly-typed"
+        assert meta["network_onnx"] == {
+            "file": "digits.fp16.onnx",
+            "sha256": model_meta.sha256_of(model_dir / "digits.fp16.onnx"),
+        }
     assert "Builder.build_serialized_network" in names
     assert meta["tensorrt_version"] == trt.__version__ and meta["precision"] == "fp16"
     assert meta["gpu_name"] == "NVIDIA Tegra X1" and meta["compute_capability"] == "5.3"
@@ -106,15 +132,99 @@ def test_builder_uses_each_versions_config_api(trt_sim, model_dir):
 def test_removed_apis_really_are_gone_in_the_simulator(trt_sim):
     trt, cuda = trt_sim
     config_class = trt.IBuilderConfig
-    if trt.__version__.startswith("10"):
+    if major(trt) >= 10:
         assert not hasattr(config_class, "max_workspace_size")
         with pytest.raises(AttributeError):
             trt.Builder(trt.Logger()).create_builder_config().max_workspace_size = 1
         assert not hasattr(trt.ICudaEngine, "get_binding_index")
         assert not hasattr(trt.IExecutionContext, "execute_async_v2")
-    else:
+    elif trt.__version__.startswith("8.2"):
         assert not hasattr(config_class, "set_memory_pool_limit")
         assert not hasattr(trt.IExecutionContext, "execute_async_v3")
+    if major(trt) >= 11:
+        assert not hasattr(trt.BuilderFlag, "FP16") and not hasattr(trt.BuilderFlag, "INT8")
+        assert not hasattr(trt, "IInt8EntropyCalibrator2")
+        assert not hasattr(trt.Builder, "platform_has_fast_fp16")
+        with pytest.raises(AttributeError):
+            trt.Builder(trt.Logger()).create_builder_config().int8_calibrator = None
+
+
+def _simulator_names(flavour):
+    sys.path.insert(0, str(SIMULATOR))
+    try:
+        import list_names
+    finally:
+        sys.path.remove(str(SIMULATOR))
+    return set(list_names.simulator_names(FLAVOURS[flavour]))
+
+
+def _real_names(version):
+    lines = (SIMULATOR / "names" / ("tensorrt-%s.txt" % version)).read_text().splitlines()
+    return {line for line in lines if line and not line.startswith("#")}
+
+
+@pytest.mark.parametrize("flavour", sorted(FLAVOURS))
+def test_simulator_names_exist_in_the_real_tensorrt_wheels(flavour):
+    """The simulator offers nothing the real bindings of that release lack (names/ lists were
+    taken from the PyPI wheels by list_names.py), and what it drops is really gone there."""
+    simulated = _simulator_names(flavour)
+    assert "Builder.create_network" in simulated and len(simulated) > 50
+    dropped = _simulator_names("8.6") - simulated  # what this flavour removes from 8.6's surface
+    for version in REAL_NAMES[flavour]:
+        real = _real_names(version)
+        assert not simulated - real, "simulator %s offers names TensorRT %s lacks" % (flavour, version)
+        if not flavour.startswith("8"):
+            assert not dropped & real, "simulator %s hides names TensorRT %s has" % (flavour, version)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the fault it provokes
+def test_simulator_fails_like_tensorrt_when_an_object_outlives_its_context(trt_sim):
+    """The check the teardown tests rely on: a Builder freed with no context current is an error."""
+    trt, cuda = trt_sim
+    cuda.init()
+    context = cuda.Device(0).make_context()
+    builder = trt.Builder(trt.Logger())
+    context.pop()
+    del builder
+    gc.collect()
+    assert len(cuda.lifetime_errors) == 1 and "Cuda Runtime (invalid argument)" in cuda.lifetime_errors[0]
+    cuda.lifetime_errors[:] = []  # seen; the fixture must not fail on this one
+    context.detach()
+
+
+@pytest.mark.parametrize("precision", ["fp16", "fp32", "int8"])
+def test_build_frees_every_object_while_its_context_is_current(trt_sim, model_dir, precision):
+    trt, cuda = trt_sim
+    from daemon.tensorrt import build as build_engine
+
+    if precision == "int8" and major(trt) >= 11:
+        with pytest.raises(build_engine.EngineBuildError, match="INT8 needs TensorRT's calibrator API"):
+            build(trt, cuda, model_dir, precision, calibration_images=64)
+    else:
+        _, meta = build(trt, cuda, model_dir, precision, calibration_images=64)
+        assert meta["precision"] == precision
+    gc.collect()
+    assert cuda.lifetime_errors == [] and not cuda.Context.live
+
+
+def test_failed_build_frees_its_objects_too(trt_sim, model_dir):
+    trt, cuda = trt_sim
+    from daemon.tensorrt import build as build_engine
+
+    for name in ("digits.onnx", "digits.fp16.onnx"):
+        (model_dir / name).write_bytes(b"not an onnx file")
+    with pytest.raises(build_engine.EngineBuildError, match="cannot parse"):
+        build(trt, cuda, model_dir)
+    gc.collect()
+    assert cuda.lifetime_errors == [] and not cuda.Context.live
+
+
+def test_timing_cache_from_another_tensorrt_is_replaced_not_ignored(trt_sim, model_dir, caplog):
+    trt, cuda = trt_sim
+    (model_dir / "timing.cache").write_bytes(b"SIMCACHE 7.1.3 Xavier;old tactics")
+    build(trt, cuda, model_dir)
+    assert "was made by another TensorRT or GPU; starting a fresh one" in caplog.text
+    assert (model_dir / "timing.cache").read_bytes().startswith(b"SIMCACHE %s " % trt.__version__.encode())
 
 
 @pytest.mark.parametrize("zero_copy", [False, True], ids=["copies", "zero-copy"])
@@ -129,7 +239,9 @@ def test_predictions_equal_onnx_runtime_for_full_and_partial_batches(
     backend = load_backend(backend_settings(model_dir, type="tensorrt", zero_copy=zero_copy), max_batch=32)
     try:
         assert backend.name == "tensorrt-fp16"
-        assert backend.api == ("tensor" if trt.__version__.startswith("10") else "binding")
+        assert backend.api == (
+            "tensor" if major(trt) >= 10 or trt.__version__.startswith("8.6") else "binding"
+        )
         images = normalise_uint8(mnist_test[0][:77])
         for size in (32, 5, 1):  # full, partial (dynamic shape) and single
             result = backend.infer(images[:size])
@@ -189,7 +301,10 @@ def test_engine_from_another_onnx_is_rebuilt_when_allowed(trt_sim, model_dir, mn
     with pytest.raises(BackendUnavailable, match="built from ONNX sha256"):
         load_backend(settings)
     settings.rebuild_stale = True
+    cuda.lifetime_errors[:] = []
     backend = load_backend(settings)
+    gc.collect()
+    assert cuda.lifetime_errors == [], "the rebuild freed TensorRT objects outside its context"
     try:
         assert (
             backend.infer(normalise_uint8(mnist_test[0][:3])).argmax(1).tolist() == mnist_test[1][:3].tolist()
@@ -228,6 +343,8 @@ def test_auto_prefers_tensorrt_when_an_engine_exists(trt_sim, model_dir, caplog)
 
 def test_int8_build_runs_the_calibrator_and_writes_its_cache(trt_sim, model_dir):
     trt, cuda = trt_sim
+    if major(trt) >= 11:
+        pytest.skip("TensorRT 11 has no INT8 calibrator (test_build_frees_every_object... checks the error)")
     _, meta = build(trt, cuda, model_dir, precision="int8", calibration_images=256)
     assert meta["precision"] == "int8"
     cache = model_dir / "digits.int8.engine.calib"
@@ -240,8 +357,9 @@ def test_build_engine_cli_without_tensorrt_says_where_to_get_it_and_exits_69():
     result = subprocess.run(
         [sys.executable, "-m", "daemon.tensorrt.build", "--onnx", str(MODELS / "digits.onnx")],
         cwd=str(ROOT),
-        capture_output=True,
-        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        universal_newlines=True,
         env=env,
     )
     assert result.returncode == 69
@@ -266,17 +384,25 @@ def build_engine_cli(model_dir, tmp_path, version):
             str(tmp_path / "t.cache"),
         ],
         cwd=str(ROOT),
-        capture_output=True,
-        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        universal_newlines=True,
         env=simulated_env(version),
     )
 
 
-def test_build_engine_cli_through_the_simulator(tmp_path, model_dir):
-    result = build_engine_cli(model_dir, tmp_path, "8.2.1.8")
+@pytest.mark.parametrize("flavour", ["8.2", "11"])
+def test_build_engine_cli_through_the_simulator(tmp_path, model_dir, flavour):
+    result = build_engine_cli(model_dir, tmp_path, FLAVOURS[flavour])
     assert result.returncode == 0, result.stderr
-    assert "built %s" % (model_dir / "digits.fp16.engine") in result.stdout
+    path = "builder-flag" if flavour == "8.2" else "strongly-typed"
+    assert "built %s: TensorRT %s, fp16 (%s)" % (
+        model_dir / "digits.fp16.engine",
+        FLAVOURS[flavour],
+        path,
+    ) in (result.stdout)
     assert "GPU NVIDIA Tegra X1 (sm 5.3)" in result.stdout
+    assert "invalid argument" not in result.stderr and "Exception ignored" not in result.stderr
 
 
 def test_tensorrt_path_never_imports_tensorflow(tmp_path, model_dir):
@@ -293,7 +419,7 @@ def test_tensorrt_path_never_imports_tensorflow(tmp_path, model_dir):
         "print(b.name, 'tensorflow' in sys.modules)\n"
     ) % (onnx_path, engine_path, engine_path, onnx_path)
     out = subprocess.run(
-        [sys.executable, "-c", code], cwd=str(ROOT), env=env, stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", code], cwd=str(ROOT), env=env, stdout=subprocess.PIPE, universal_newlines=True
     )
     assert out.stdout.split() == ["tensorrt-fp16", "False"]
 

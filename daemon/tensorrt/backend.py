@@ -1,4 +1,4 @@
-"""TensorRT + pycuda on the Jetson's GPU (TensorRT 8.2 on JetPack 4.6 up to TensorRT 10).
+"""TensorRT + pycuda on the Jetson's GPU (TensorRT 8.2 on JetPack 4.6 up to TensorRT 11).
 
 - the engine's sidecar is checked against this TensorRT, GPU and ONNX file; a stale
   engine is refused with the reason, or rebuilt when ``backend.rebuild_stale`` is set;
@@ -9,6 +9,8 @@
 - the binding-index API (TensorRT 8.x: set_binding_shape, execute_async_v2) or the
   tensor-name API (8.5+, required by 10: set_input_shape, set_tensor_address,
   execute_async_v3), chosen by feature detection;
+- every TensorRT and pycuda object freed while the context it was made under is current,
+  also when loading fails (TensorRT#2052: else cudaFree fails, "invalid argument");
 - copy in, execute and copy out asynchronously on one stream, then synchronise.
 
 TensorFlow is never imported here.
@@ -16,6 +18,7 @@ TensorFlow is never imported here.
 
 import logging
 import os
+import traceback
 
 import numpy as np
 
@@ -73,6 +76,7 @@ class TensorRTBackend(Backend):
             self._deserialize(meta)
             self._allocate()
         except (BackendUnavailable, cuda.Error, RuntimeError, TypeError, ValueError) as exc:
+            traceback.clear_frames(exc.__traceback__)  # its frames may hold the engine
             self._release()
             self.cuda_context.pop()
             self.cuda_context.detach()

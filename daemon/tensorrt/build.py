@@ -1,19 +1,26 @@
-"""Build a TensorRT engine from the ONNX model, on the Jetson (Python 3.6, TensorRT 8.2 ... 10).
+"""Build a TensorRT engine from the ONNX model, on the Jetson (Python 3.6, TensorRT 8.2 ... 11).
 
     python3 -m daemon.tensorrt.build --onnx models/digits.onnx [--precision fp16|fp32|int8]
 
 Explicit batch with one optimisation profile (min 1, opt 8, max 32 by default), a
 256 MiB workspace, a reused timing cache, and a sidecar JSON next to the engine.
+Precision by feature detection: where ``BuilderFlag.FP16`` exists (8.x-10.x) a weakly
+typed network from the ONNX with that flag ("builder-flag"); where it does not (11.x)
+a strongly typed network from the FP16 ONNX that ``make export`` writes beside it
+("strongly-typed"). INT8 needs the calibrator API, which 11.x removed. Every TensorRT
+and pycuda object is freed while the build's CUDA context is current (TensorRT#2052).
 Follows the structure of TensorRT's samples/python/efficientdet/build_engine.py
 (release 8.2): an EngineBuilder class, an INT8 calibrator, a thin main(args).
 On a host without TensorRT it prints where to get it and exits 69.
 """
 
 import argparse
+import gc
 import logging
 import os
 import sys
 import time
+import traceback
 
 from daemon import model_meta
 from daemon.tensorrt import common as trt_common
@@ -22,6 +29,8 @@ log = logging.getLogger(__name__)
 
 EXIT_UNAVAILABLE = 69
 PRECISIONS = ("fp16", "fp32", "int8")
+BUILDER_FLAG = "builder-flag"  # weakly typed network, precision from BuilderFlag (TensorRT 8.x-10.x)
+STRONGLY_TYPED = "strongly-typed"  # types from the ONNX itself (TensorRT 10+, the only way in 11)
 
 
 class EngineBuildError(Exception):
@@ -45,6 +54,12 @@ class MnistCalibrator(object):
                 trt.IInt8EntropyCalibrator2.__init__(self)
                 self.position = 0
                 self.device_input = cuda.mem_alloc(batch_size * batches[0].nbytes)
+
+            def free(self):
+                """Free the device batch buffer (the build's CUDA context must be current)."""
+                if self.device_input is not None:
+                    self.device_input.free()
+                    self.device_input = None
 
             def get_batch_size(self):
                 return batch_size
@@ -134,13 +149,28 @@ class EngineBuilder(object):
             self.config.max_workspace_size = workspace
         self.network = None
         self.parser = None
+        self.timing_cache = None
+        self.calibrator = None
         self.input_name = None
 
-    def create_network(self, onnx_path, profile):
+    def release(self):
+        """Free what TensorRT and pycuda hold, newest first; the CUDA context must still be current."""
+        self.parser = None
+        self.network = None
+        self.timing_cache = None
+        self.config = None  # holds the INT8 calibrator
+        if self.calibrator is not None:
+            self.calibrator.free()
+            self.calibrator = None
+        self.builder = None
+
+    def create_network(self, onnx_path, profile, strongly_typed=False):
         """Parse the ONNX file into an explicit-batch network with one optimisation profile."""
         trt = self.trt
         flags = 0
-        if trt_common.trt_major(trt) < 10:  # explicit batch is the only mode (and the default) in 10
+        if strongly_typed:
+            flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+        elif trt_common.trt_major(trt) < 10:  # explicit batch is the only mode (and the default) in 10
             flags = 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
         self.network = self.builder.create_network(flags)
         self.parser = trt.OnnxParser(self.network, self.trt_logger)
@@ -166,27 +196,21 @@ class EngineBuilder(object):
         optimisation.set_shape(self.input_name, shapes[0], shapes[1], shapes[2])
         self.config.add_optimization_profile(optimisation)
 
-    def create_engine(self, engine_path, precision, timing_cache_path=None, calibrator=None):
-        """Build and write the engine; returns build seconds."""
+    def create_engine(self, engine_path, precision, timing_cache_path=None, build_path=BUILDER_FLAG):
+        """Build and write the engine; returns build seconds. A strongly typed network takes its
+        precision from the ONNX, so no builder flag is set (11.x has none)."""
         trt = self.trt
-        if precision == "fp16":
+        if build_path == BUILDER_FLAG and precision == "fp16":
             if not self.builder.platform_has_fast_fp16:
                 log.warning("this GPU has no fast FP16; building FP16 anyway")
             self.config.set_flag(trt.BuilderFlag.FP16)
-        elif precision == "int8":
+        elif build_path == BUILDER_FLAG and precision == "int8":
             if not self.builder.platform_has_fast_int8:
                 log.warning("this GPU has no fast INT8 (the Nano's Maxwell does not); expect no speed-up")
             self.config.set_flag(trt.BuilderFlag.INT8)
-            self.config.int8_calibrator = calibrator
-        cache = None
+            self.config.int8_calibrator = self.calibrator
         if timing_cache_path:
-            data = b""
-            if os.path.exists(timing_cache_path):
-                with open(timing_cache_path, "rb") as handle:
-                    data = handle.read()
-                log.info("reusing timing cache %s (%d bytes)", timing_cache_path, len(data))
-            cache = self.config.create_timing_cache(data)
-            self.config.set_timing_cache(cache, False)
+            self._use_timing_cache(timing_cache_path)
         started = time.time()
         log.info("building %s engine (this takes a few minutes on a Nano)", precision)
         serialized = self.builder.build_serialized_network(self.network, self.config)
@@ -195,17 +219,68 @@ class EngineBuilder(object):
         elapsed = time.time() - started
         with open(str(engine_path), "wb") as handle:
             handle.write(bytes(serialized))
-        if cache is not None:
+        if self.timing_cache is not None:
             with open(timing_cache_path, "wb") as handle:
                 handle.write(bytes(self.config.get_timing_cache().serialize()))
         log.info("wrote %s in %.1f s", engine_path, elapsed)
         return elapsed
 
+    def _use_timing_cache(self, path):
+        data = b""
+        if os.path.exists(path):
+            with open(path, "rb") as handle:
+                data = handle.read()
+            log.info("reusing timing cache %s (%d bytes)", path, len(data))
+        self.timing_cache = self.config.create_timing_cache(data)
+        if self.config.set_timing_cache(self.timing_cache, False):
+            return
+        log.warning("timing cache %s was made by another TensorRT or GPU; starting a fresh one", path)
+        self.timing_cache = self.config.create_timing_cache(b"")
+        if not self.config.set_timing_cache(self.timing_cache, False):
+            raise EngineBuildError("TensorRT refused an empty timing cache (see the TensorRT errors above)")
+
 
 def default_precision(trt, cuda):
-    """fp16 where the GPU has fast FP16 (the Nano does), else fp32."""
+    """fp16 where the GPU has fast FP16 (the Nano does), else fp32; TensorRT 11 cannot tell
+    (platform_has_fast_fp16 is gone) and builds fp16 from the FP16 ONNX."""
+    if not hasattr(trt.Builder, "platform_has_fast_fp16"):
+        return "fp16"
     builder = trt.Builder(trt_common.make_trt_logger(trt))
     return "fp16" if builder.platform_has_fast_fp16 else "fp32"
+
+
+def fp16_onnx_path(onnx_path):
+    """models/digits.onnx -> models/digits.fp16.onnx (make export writes both)."""
+    root, _ = os.path.splitext(str(onnx_path))
+    return root + ".fp16.onnx"
+
+
+def choose_build_path(trt, precision, onnx_path):
+    """(build path, ONNX file the network is parsed from) for this TensorRT and precision."""
+    flags = trt.BuilderFlag.__members__
+    if precision == "int8":
+        if "INT8" not in flags or not hasattr(trt, "IInt8EntropyCalibrator2"):
+            raise EngineBuildError(
+                "INT8 needs TensorRT's calibrator API (IInt8EntropyCalibrator2, BuilderFlag.INT8), which "
+                "TensorRT %s does not have; build fp16, or quantize the ONNX with Q/DQ nodes"
+                % trt.__version__
+            )
+        return BUILDER_FLAG, str(onnx_path)
+    if "FP16" in flags:  # weak typing exists (8.x-10.x): the flag decides the precision
+        return BUILDER_FLAG, str(onnx_path)
+    if "STRONGLY_TYPED" not in trt.NetworkDefinitionCreationFlag.__members__:
+        raise EngineBuildError(
+            "TensorRT %s has neither BuilderFlag.FP16 nor strongly typed networks" % trt.__version__
+        )
+    if precision == "fp32":
+        return STRONGLY_TYPED, str(onnx_path)
+    network_onnx = fp16_onnx_path(onnx_path)
+    if not os.path.isfile(network_onnx):
+        raise EngineBuildError(
+            "TensorRT %s builds FP16 only from an FP16 model (strongly typed network), and %s does "
+            "not exist (make export writes it)" % (trt.__version__, network_onnx)
+        )
+    return STRONGLY_TYPED, network_onnx
 
 
 def build(
@@ -221,19 +296,58 @@ def build(
     calibration_cache=None,
     data_dir=None,
 ):
-    """Build an engine with a fresh CUDA context; returns (engine path, sidecar dict)."""
+    """Build an engine with a fresh CUDA context; returns (engine path, sidecar dict).
+
+    Everything TensorRT and pycuda made is freed before the context is popped: on TensorRT
+    8.2, objects freed with no (or another) context current fail in cudaFree ("invalid
+    argument") and can crash the process."""
     cuda.init()
     context = cuda.Device(0).make_context()
     try:
-        precision = precision or default_precision(trt, cuda)
-        engine_path = engine_path or os.path.join(
-            os.path.dirname(str(onnx_path)), "digits.%s.engine" % precision
+        return _build_in_context(
+            trt,
+            cuda,
+            onnx_path,
+            engine_path,
+            precision,
+            profile,
+            workspace_mib,
+            timing_cache,
+            calibration_images,
+            calibration_cache,
+            data_dir,
         )
-        builder = EngineBuilder(trt, cuda, workspace_mib)
-        builder.create_network(onnx_path, profile)
-        calibrator = None
+    except BaseException as error:
+        # The traceback keeps the failed frames, and the TensorRT objects in them, alive.
+        traceback.clear_frames(error.__traceback__)
+        raise
+    finally:
+        gc.collect()  # objects in reference cycles, while the context is still current
+        context.pop()
+        context.detach()
+
+
+def _build_in_context(
+    trt,
+    cuda,
+    onnx_path,
+    engine_path,
+    precision,
+    profile,
+    workspace_mib,
+    timing_cache,
+    calibration_images,
+    calibration_cache,
+    data_dir,
+):
+    precision = precision or default_precision(trt, cuda)
+    build_path, network_onnx = choose_build_path(trt, precision, onnx_path)
+    engine_path = engine_path or os.path.join(os.path.dirname(str(onnx_path)), "digits.%s.engine" % precision)
+    builder = EngineBuilder(trt, cuda, workspace_mib)
+    try:
+        builder.create_network(network_onnx, profile, strongly_typed=build_path == STRONGLY_TYPED)
         if precision == "int8":
-            calibrator = MnistCalibrator.create(
+            builder.calibrator = MnistCalibrator.create(
                 trt,
                 cuda,
                 calibration_cache or str(engine_path) + ".calib",
@@ -241,13 +355,22 @@ def build(
                 profile[1],
                 data_dir,
             )
-        seconds = builder.create_engine(engine_path, precision, timing_cache, calibrator)
-        meta = trt_common.engine_sidecar(trt, cuda, onnx_path, precision, list(profile), seconds)
-        model_meta.write(engine_path, meta)
-        return engine_path, meta
+        log.info("TensorRT %s: %s network from %s", trt.__version__, build_path, network_onnx)
+        seconds = builder.create_engine(engine_path, precision, timing_cache, build_path)
     finally:
-        context.pop()
-        context.detach()
+        builder.release()
+    meta = trt_common.engine_sidecar(
+        trt,
+        cuda,
+        onnx_path,
+        precision,
+        list(profile),
+        seconds,
+        build_path=build_path,
+        network_onnx=network_onnx,
+    )
+    model_meta.write(engine_path, meta)
+    return engine_path, meta
 
 
 def parse_args(argv=None):
@@ -316,11 +439,12 @@ def main(args):
         print("error: CUDA: %s" % error, file=sys.stderr)
         return 1
     print(
-        "built %s: TensorRT %s, %s, GPU %s (sm %s), batch %s"
+        "built %s: TensorRT %s, %s (%s), GPU %s (sm %s), batch %s"
         % (
             engine_path,
             meta["tensorrt_version"],
             meta["precision"],
+            meta["build_path"],
             meta["gpu_name"],
             meta["compute_capability"],
             profile,

@@ -56,8 +56,20 @@ def gpu_identity(cuda, device_index=0):
     return {"gpu_name": device.name(), "compute_capability": "%d.%d" % (major, minor)}
 
 
-def engine_sidecar(trt, cuda, onnx_path, precision, profile, build_seconds, device_index=0):
-    """Metadata written next to an engine."""
+def engine_sidecar(
+    trt,
+    cuda,
+    onnx_path,
+    precision,
+    profile,
+    build_seconds,
+    device_index=0,
+    build_path=None,
+    network_onnx=None,
+):
+    """Metadata written next to an engine. ``onnx_*`` name the model the daemon is configured
+    with; ``network_onnx`` the file the network was parsed from when that differs (the FP16
+    ONNX of a strongly typed build); ``build_path`` how precision was chosen."""
     meta = {
         "format": "tensorrt-engine",
         "tensorrt_version": trt.__version__,
@@ -68,6 +80,13 @@ def engine_sidecar(trt, cuda, onnx_path, precision, profile, build_seconds, devi
         "onnx_sha256": model_meta.sha256_of(onnx_path),
         "build_seconds": round(build_seconds, 1),
     }
+    if build_path:
+        meta["build_path"] = build_path
+    if network_onnx and os.path.abspath(str(network_onnx)) != os.path.abspath(str(onnx_path)):
+        meta["network_onnx"] = {
+            "file": os.path.basename(str(network_onnx)),
+            "sha256": model_meta.sha256_of(network_onnx),
+        }
     meta.update(gpu_identity(cuda, device_index))
     try:
         meta["onnx_metadata"] = model_meta.read(onnx_path)
@@ -104,5 +123,10 @@ def check_engine(meta, trt, cuda, onnx_path, device_index=0):
                 "built from ONNX sha256 %s..., %s is %s..."
                 % (str(meta.get("onnx_sha256"))[:12], onnx_path, actual[:12])
             )
+    network = meta.get("network_onnx")
+    if onnx_path and network:
+        network_path = os.path.join(os.path.dirname(str(onnx_path)), network.get("file", ""))
+        if os.path.isfile(network_path) and model_meta.sha256_of(network_path) != network.get("sha256"):
+            problems.append("built from %s, which has changed since" % network_path)
     if problems:
         raise EngineMismatch("; ".join(problems))

@@ -3,6 +3,7 @@
 import itertools
 import os
 import threading
+import weakref
 
 import numpy as np
 
@@ -11,7 +12,8 @@ _memory = {}  # device address -> uint8 numpy buffer
 _memory_lock = threading.Lock()
 _addresses = itertools.count(0x7F0000000000, 0x100000)
 _initialised = [False]
-_streams = {}
+_streams = weakref.WeakValueDictionary()  # handle -> Stream, as long as the Stream lives
+lifetime_errors = []  # teardown faults seen (tests assert it stays empty), like TensorRT#2052
 
 
 class Error(Exception):
@@ -86,13 +88,19 @@ class Device(object):
 
 class Context(object):
     live = []
+    all_made = []
 
     def __init__(self, device, flags):
         self.device = device
         self.flags = flags
         self.detached = False
         self.owner = threading.current_thread()
+        self.number = len(Context.all_made)
+        Context.all_made.append(self)
         Context.live.append(self)
+
+    def __repr__(self):
+        return "context %d%s" % (self.number, " (destroyed)" if self.detached else "")
 
     def push(self):
         if self.detached:
@@ -120,6 +128,41 @@ class Context(object):
         _require_context("cuCtxSynchronize")
 
 
+def check_tensorrt_release(created_in, what):
+    """TensorRT frees GPU memory through the CUDA runtime in whatever context is current: an object
+    created under a context must be released while that context is current, else cudaFree fails."""
+    if created_in is None:
+        return
+    current = Context.get_current()
+    if current is created_in and not created_in.detached:
+        return
+    error = LogicError(
+        "[defaultAllocator.cpp::deallocate::42] Error Code 1: Cuda Runtime (invalid argument): "
+        "%s released with %s current, created under %s"
+        % (what, "no context" if current is None else current, created_in)
+    )
+    lifetime_errors.append(str(error))
+    raise error
+
+
+def check_pycuda_release(created_in, what):
+    """pycuda activates an allocation's own context to free it, which fails once that context is
+    destroyed (detached) or when it lives in another thread."""
+    if created_in is None:
+        return
+    if created_in.detached:
+        reason = "context is destroyed"
+    elif Context.get_current() is not created_in and threading.current_thread() is not created_in.owner:
+        reason = "cannot activate out-of-thread context"
+    else:
+        return
+    error = LogicError(
+        "%s failed: %s (PyCUDA WARNING: a clean-up operation failed (dead context maybe?))" % (what, reason)
+    )
+    lifetime_errors.append(str(error))
+    raise error
+
+
 def _register(buffer):
     address = next(_addresses)
     with _memory_lock:
@@ -142,6 +185,7 @@ class DeviceAllocation(object):
         self.nbytes = nbytes
         self.address = _register(np.zeros(nbytes, np.uint8))
         self.freed = False
+        self.created_in = Context.get_current()
 
     def __int__(self):
         if self.freed:
@@ -152,9 +196,15 @@ class DeviceAllocation(object):
 
     def free(self):
         _require_context("cuMemFree")
+        check_pycuda_release(self.created_in, "cuMemFree")
         with _memory_lock:
             _memory.pop(self.address, None)
         self.freed = True
+
+    def __del__(self):
+        if not self.freed:  # pycuda frees in its destructor, in the allocation's own context
+            self.freed = True
+            check_pycuda_release(self.created_in, "cuMemFree")
 
 
 def mem_alloc(nbytes):
@@ -190,6 +240,7 @@ class HostAllocation(object):
         return self._device_address
 
     def free(self):
+        check_pycuda_release(self.context, "cuMemFreeHost")
         if self._device_address is not None:
             with _memory_lock:
                 _memory.pop(self._device_address, None)
@@ -210,7 +261,11 @@ class Stream(object):
         _require_context("cuStreamCreate")
         self.handle = _register(np.zeros(1, np.uint8))
         self.pending = []
+        self.created_in = Context.get_current()
         _streams[self.handle] = self
+
+    def __del__(self):
+        check_pycuda_release(self.created_in, "cuStreamDestroy")
 
     def enqueue(self, operation):
         self.pending.append(operation)

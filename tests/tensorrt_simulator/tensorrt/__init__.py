@@ -2,9 +2,15 @@
 
 The API surface follows the TensorRT Python API reference of the version in
 ``DIGITD_TRT_SIM_VERSION``: 8.2 has only the binding-index API and
-``max_workspace_size``; 10 has only the tensor-name API and memory pools. Calls a
-version lacks do not exist here either (AttributeError), and classes use
-__slots__ so that setting a removed property fails too.
+``max_workspace_size``; 10 has only the tensor-name API and memory pools; 11 has
+no weak typing (no ``BuilderFlag.FP16/INT8``, no ``platform_has_fast_*``, no INT8
+calibrator: every network is strongly typed). Calls a version lacks do not exist
+here either (AttributeError), and classes use __slots__ so that setting a removed
+property fails too. names/*.txt (list_names.py) hold the names of the real wheels.
+
+Every object that owns GPU memory remembers the CUDA context current when it was
+made; releasing it under no or another context fails like TensorRT's default
+allocator does ("Cuda Runtime (invalid argument)"), see pycuda.driver.lifetime_errors.
 """
 
 import enum
@@ -22,7 +28,21 @@ _BINDING_API = _MAJOR < 10
 _POOL_API = (_MAJOR, _MINOR) >= (8, 4)
 _MAGIC = b"SIMTRT01"
 _OPSET_LIMIT = 13 if (_MAJOR, _MINOR) < (8, 6) else 17
+_WEAK_TYPING = _MAJOR < 11  # BuilderFlag.FP16/INT8, platform_has_fast_*, the INT8 calibrator
+_STRONG_TYPING = _MAJOR >= 10  # NetworkDefinitionCreationFlag.STRONGLY_TYPED (always on in 11)
 calls = []  # (method, args) log that tests inspect
+
+
+class _CudaOwned(object):
+    """An object holding GPU memory: freed in the CUDA context it was created under, or it fails."""
+
+    __slots__ = ("_created_in",)
+
+    def _bind_to_context(self):
+        self._created_in = _cuda.Context.get_current()
+
+    def __del__(self):
+        _cuda.check_tensorrt_release(getattr(self, "_created_in", None), type(self).__name__)
 
 
 class ILogger(object):
@@ -66,21 +86,46 @@ class DataType(enum.IntEnum):
 
 
 def nptype(dtype):
-    return {DataType.FLOAT: np.float32, DataType.HALF: np.float16, DataType.INT8: np.int8,
-            DataType.INT32: np.int32}[dtype]  # fmt: skip
+    return {
+        DataType.FLOAT: np.float32,
+        DataType.HALF: np.float16,
+        DataType.INT8: np.int8,
+        DataType.INT32: np.int32,
+    }[dtype]
 
 
 def volume(shape):
     return int(np.prod(list(shape)))
 
 
-class NetworkDefinitionCreationFlag(enum.IntEnum):
-    EXPLICIT_BATCH = 0
+if _MAJOR < 10:
+
+    class NetworkDefinitionCreationFlag(enum.IntEnum):
+        EXPLICIT_BATCH = 0
+
+elif _MAJOR == 10:
+
+    class NetworkDefinitionCreationFlag(enum.IntEnum):
+        EXPLICIT_BATCH = 0  # deprecated, ignored: explicit batch is the only mode
+        STRONGLY_TYPED = 1
+
+else:
+
+    class NetworkDefinitionCreationFlag(enum.IntEnum):
+        STRONGLY_TYPED = 0  # accepted and ignored: every network is strongly typed
 
 
-class BuilderFlag(enum.IntEnum):
-    FP16 = 0
-    INT8 = 1
+if _WEAK_TYPING:
+
+    class BuilderFlag(enum.IntEnum):
+        FP16 = 0
+        INT8 = 1
+        TF32 = 6
+
+else:
+
+    class BuilderFlag(enum.IntEnum):
+        TF32 = 6
 
 
 if _POOL_API:
@@ -97,9 +142,11 @@ if _TENSOR_API:
         OUTPUT = 2
 
 
-class IInt8EntropyCalibrator2(object):
-    def __init__(self):
-        pass
+if _WEAK_TYPING:
+
+    class IInt8EntropyCalibrator2(object):
+        def __init__(self):
+            pass
 
 
 class ITensor(object):
@@ -109,10 +156,14 @@ class ITensor(object):
         self.dtype = dtype
 
 
-class INetworkDefinition(object):
+class INetworkDefinition(_CudaOwned):
     def __init__(self, flags):
+        self._bind_to_context()
         self.explicit_batch = _MAJOR >= 10 or bool(
             flags & (1 << int(NetworkDefinitionCreationFlag.EXPLICIT_BATCH))
+        )
+        self.strongly_typed = _MAJOR >= 11 or (
+            _STRONG_TYPING and bool(flags & (1 << int(NetworkDefinitionCreationFlag.STRONGLY_TYPED)))
         )
         self.onnx_bytes = None
         self.inputs = []
@@ -144,8 +195,9 @@ class _ParserError(object):
         return self.text
 
 
-class OnnxParser(object):
+class OnnxParser(_CudaOwned):
     def __init__(self, network, logger):
+        self._bind_to_context()
         self.network = network
         self.logger = logger
         self.errors = []
@@ -176,11 +228,29 @@ class OnnxParser(object):
             return False
         opset = max(e.version for e in proto.opset_import if e.domain in ("", "ai.onnx"))
         if opset > _OPSET_LIMIT:
-            self.errors.append(_ParserError("Unsupported ONNX opset %d (this parser supports up to %d)"
-                                            % (opset, _OPSET_LIMIT)))  # fmt: skip
+            self.errors.append(
+                _ParserError(
+                    "Unsupported ONNX opset %d (this parser supports up to %d)" % (opset, _OPSET_LIMIT)
+                )
+            )
             return False
-        supported = {"Add", "Conv", "MatMul", "MaxPool", "Mul", "Relu", "Reshape", "Softmax", "Transpose",
-                     "Gemm", "Flatten", "BatchNormalization", "Cast", "Identity", "Constant"}  # fmt: skip
+        supported = {
+            "Add",
+            "Conv",
+            "MatMul",
+            "MaxPool",
+            "Mul",
+            "Relu",
+            "Reshape",
+            "Softmax",
+            "Transpose",
+            "Gemm",
+            "Flatten",
+            "BatchNormalization",
+            "Cast",
+            "Identity",
+            "Constant",
+        }
         for node in proto.graph.node:
             if node.op_type not in supported:
                 self.errors.append(_ParserError("No importer registered for op: %s" % node.op_type))
@@ -208,23 +278,42 @@ class IOptimizationProfile(object):
         return list(self.shapes[input])
 
 
-class ITimingCache(object):
+def _timing_cache_header():
+    return ("SIMCACHE %s %s;" % (__version__, _cuda.Device(0).name())).encode("utf-8")
+
+
+class ITimingCache(_CudaOwned):
     def __init__(self, data):
-        self.data = bytes(data) or b"SIMCACHE"
+        self._bind_to_context()
+        self._data = bytes(data) or _timing_cache_header()
+
+    def _matches_this_device(self):
+        return self._data.startswith(_timing_cache_header())
 
     def serialize(self):
-        return self.data
+        return IHostMemory(self._data)
 
 
-class _BuilderConfigBase(object):
-    __slots__ = ("flags", "profiles", "int8_calibrator", "_timing_cache", "workspace")
+class _BuilderConfigBase(_CudaOwned):
+    __slots__ = ("flags", "_profiles", "_calibrator", "_timing_cache", "_workspace")
 
     def __init__(self):
+        self._bind_to_context()
         self.flags = set()
-        self.profiles = []
-        self.int8_calibrator = None
+        self._profiles = []
+        self._calibrator = None
         self._timing_cache = None
-        self.workspace = None
+        self._workspace = None
+
+    if _WEAK_TYPING:
+
+        @property
+        def int8_calibrator(self):
+            return self._calibrator
+
+        @int8_calibrator.setter
+        def int8_calibrator(self, calibrator):
+            self._calibrator = calibrator
 
     def set_flag(self, flag):
         calls.append(("IBuilderConfig.set_flag", flag.name))
@@ -234,14 +323,17 @@ class _BuilderConfigBase(object):
         return flag in self.flags
 
     def add_optimization_profile(self, profile):
-        self.profiles.append(profile)
-        return len(self.profiles) - 1
+        self._profiles.append(profile)
+        return len(self._profiles) - 1
 
     def create_timing_cache(self, serialized_timing_cache):
         calls.append(("IBuilderConfig.create_timing_cache", len(serialized_timing_cache)))
         return ITimingCache(serialized_timing_cache)
 
     def set_timing_cache(self, cache, ignore_mismatch):
+        calls.append(("IBuilderConfig.set_timing_cache", bool(ignore_mismatch)))
+        if not ignore_mismatch and not cache._matches_this_device():
+            return False  # the real one logs "timing cache ... mismatch" and refuses it
         self._timing_cache = cache
         return True
 
@@ -256,10 +348,10 @@ if _POOL_API:
 
         def set_memory_pool_limit(self, pool, pool_size):
             calls.append(("IBuilderConfig.set_memory_pool_limit", pool.name, pool_size))
-            self.workspace = pool_size
+            self._workspace = pool_size
 
         def get_memory_pool_limit(self, pool):
-            return self.workspace
+            return self._workspace
 
 else:
 
@@ -268,19 +360,28 @@ else:
 
         @property
         def max_workspace_size(self):
-            return self.workspace
+            return self._workspace
 
         @max_workspace_size.setter
         def max_workspace_size(self, size):
             calls.append(("IBuilderConfig.max_workspace_size", size))
-            self.workspace = size
+            self._workspace = size
 
 
-class Builder(object):
+class Builder(_CudaOwned):
     def __init__(self, logger):
+        self._bind_to_context()
         self.logger = logger
-        self.platform_has_fast_fp16 = True
-        self.platform_has_fast_int8 = False
+
+    if _WEAK_TYPING:
+
+        @property
+        def platform_has_fast_fp16(self):
+            return True
+
+        @property
+        def platform_has_fast_int8(self):
+            return False  # the Nano's Maxwell
 
     def create_network(self, flags=0):
         calls.append(("Builder.create_network", flags))
@@ -298,13 +399,16 @@ class Builder(object):
             _log(self.logger, ILogger.Severity.ERROR, "Network must have at least one output")
             return None
         (model_input,) = network.inputs
-        if -1 in model_input.shape and not config.profiles:
-            _log(self.logger, ILogger.Severity.ERROR,
-                 "Network has dynamic or shape inputs, but no optimization profile has been defined.")  # fmt: skip
+        if -1 in model_input.shape and not config._profiles:
+            _log(
+                self.logger,
+                ILogger.Severity.ERROR,
+                "Network has dynamic or shape inputs, but no optimization profile has been defined.",
+            )
             return None
-        if not config.workspace:
+        if not config._workspace:
             _log(self.logger, ILogger.Severity.WARNING, "no workspace limit set")
-        shapes = config.profiles[0].shapes.get(model_input.name)
+        shapes = config._profiles[0].shapes.get(model_input.name)
         if shapes is None:
             _log(self.logger, ILogger.Severity.ERROR, "profile lacks input %s" % model_input.name)
             return None
@@ -323,10 +427,21 @@ class Builder(object):
             return None
         onnx_bytes = network.onnx_bytes
         precision = "fp32"
-        if BuilderFlag.INT8 in config.flags:
+        weak_flags = [flag.name for flag in config.flags if flag.name in ("FP16", "INT8")]
+        if network.strongly_typed:
+            if weak_flags:
+                _log(
+                    self.logger,
+                    ILogger.Severity.ERROR,
+                    "IBuilderConfig::setFlag: Error Code 3: API Usage Error (%s is not allowed with a "
+                    "strongly typed network)" % weak_flags[0],
+                )
+                return None
+            precision = "fp16" if _has_float16_weights(onnx_bytes) else "fp32"  # types come from the model
+        elif "INT8" in weak_flags:
             precision = "int8"  # numerically simulated as FP32: calibration is exercised, not emulated
             _calibrate(config.int8_calibrator, model_input.name)
-        elif BuilderFlag.FP16 in config.flags:
+        elif "FP16" in weak_flags:
             precision = "fp16"
             onnx_bytes = _to_float16(onnx_bytes)
         header = {
@@ -356,6 +471,13 @@ def _calibrate(calibrator, input_name):
     calibrator.write_calibration_cache(b"SIMCALIB batches=%d" % batches)
 
 
+def _has_float16_weights(onnx_bytes):
+    import onnx
+
+    model = onnx.load_model_from_string(onnx_bytes)
+    return any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer)
+
+
 def _to_float16(onnx_bytes):
     import onnx
     from onnxconverter_common import float16
@@ -364,8 +486,9 @@ def _to_float16(onnx_bytes):
     return model.SerializeToString()
 
 
-class IHostMemory(object):
+class IHostMemory(_CudaOwned):
     def __init__(self, data):
+        self._bind_to_context()
         self._data = data
         self.nbytes = len(data)
 
@@ -376,8 +499,9 @@ class IHostMemory(object):
         return memoryview(self._data)
 
 
-class Runtime(object):
+class Runtime(_CudaOwned):
     def __init__(self, logger):
+        self._bind_to_context()
         self.logger = logger
 
     def deserialize_cuda_engine(self, serialized_engine):
@@ -393,17 +517,22 @@ class Runtime(object):
         (length,) = struct.unpack("<I", data[8:12])
         header = json.loads(data[12 : 12 + length].decode("utf-8"))
         if header["version"] != __version__:
-            _log(self.logger, ILogger.Severity.ERROR,
-                 "The engine plan file is not compatible with this version of TensorRT, expecting library "
-                 "version %s got %s, please rebuild." % (__version__, header["version"]))  # fmt: skip
+            _log(
+                self.logger,
+                ILogger.Severity.ERROR,
+                "The engine plan file is not compatible with this version of TensorRT, expecting library "
+                "version %s got %s, please rebuild." % (__version__, header["version"]),
+            )
             return None
         _cuda._require_context("deserializeCudaEngine")
         return ICudaEngine(header, data[12 + length :])
 
 
-class ICudaEngine(object):
+class ICudaEngine(_CudaOwned):
     def __init__(self, header, onnx_bytes):
         import onnxruntime as ort
+
+        self._bind_to_context()
 
         self.header = header
         options = ort.SessionOptions()
@@ -473,8 +602,9 @@ class ICudaEngine(object):
             return self._profile(profile_index)
 
 
-class IExecutionContext(object):
+class IExecutionContext(_CudaOwned):
     def __init__(self, engine):
+        self._bind_to_context()
         self.engine = engine
         self.input_shape = None
         self.addresses = {}
@@ -505,15 +635,15 @@ class IExecutionContext(object):
         stream.enqueue(run)
         return True
 
+    @property
+    def all_binding_shapes_specified(self):  # still there in 10 and 11
+        return self.input_shape is not None
+
     if _BINDING_API:
 
         def set_binding_shape(self, binding, shape):
             calls.append(("IExecutionContext.set_binding_shape", binding, tuple(shape)))
             return binding == 0 and self._accept_shape(shape)
-
-        @property
-        def all_binding_shapes_specified(self):
-            return self.input_shape is not None
 
         def execute_async_v2(self, bindings, stream_handle, input_consumed=None):
             _cuda._require_context("enqueueV2")
