@@ -34,6 +34,7 @@ PY36_TESTS := tests/test_batching.py tests/test_config.py tests/test_daemon_mqtt
 
 help:
 	@echo "make demo          run the daemon on the bundled sample video (CPU) and print what MQTT receives"
+	@echo "                   (make demo SOURCES=2: the video as two cameras in one daemon)"
 	@echo "make test          lint, Python 3.6 check and the test suite (installs what it needs)"
 	@echo "make check         quick loop: lint and the tests not marked slow"
 	@echo "make setup         create $(VENV) with the pinned dependencies"
@@ -107,8 +108,9 @@ samples/demo.mp4:
 	$(MAKE) $(STAMP)
 	$(PY) -m engine_build.make_video --output $@
 
+SOURCES ?= 1
 demo: $(STAMP) mosquitto samples/demo.mp4
-	$(PY) -m tools.demo
+	$(PY) -m tools.demo --sources $(SOURCES)
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -1,6 +1,6 @@
 """Run the pipeline in this process on a video and print one JSON line of measurements.
 
-    python -m bench.probe --video V --backend onnxruntime [--boxes 8] [--realtime] [--mqtt-port P]
+    python -m bench.probe --video V --backend onnxruntime [--boxes 8] [--sources 2] [--realtime] [--mqtt-port P]
 
 Used by bench.run in a fresh process per configuration, so RSS and start-up are clean.
 """
@@ -22,7 +22,8 @@ def parse_args(argv=None):
     parser.add_argument("--boxes", type=int, default=0, help="0 = centre ROI, else N fixed boxes")
     parser.add_argument("--realtime", action="store_true")
     parser.add_argument("--mqtt-port", type=int, default=0)
-    parser.add_argument("--max-frames", type=int, default=0)
+    parser.add_argument("--max-frames", type=int, default=0, help="per camera")
+    parser.add_argument("--sources", type=int, default=1, help="cameras in one pipeline, each the video")
     parser.add_argument("--threads", type=int, default=1)
     return parser.parse_args(argv)
 
@@ -61,18 +62,20 @@ def main(args):
         {"mode": "boxes", "boxes": box_grid(args.boxes, width, height)} if args.boxes else {"mode": "center"}
     )
     mqtt = {"enabled": bool(args.mqtt_port), "host": "127.0.0.1", "port": args.mqtt_port or 1883}
-    config = config_module.from_dict(
-        {
-            "device_id": "bench",
-            "log_level": "WARNING",
-            "stats_interval_s": 3600,
-            "source": {"type": "file", "path": args.video, "realtime": args.realtime},
-            "roi": roi,
-            "backend": {"type": args.backend, "threads": args.threads},
-            "mqtt": mqtt,
-            "http": {"enabled": False},
-        }
-    )
+    settings = {
+        "device_id": "bench",
+        "log_level": "WARNING",
+        "stats_interval_s": 3600,
+        "backend": {"type": args.backend, "threads": args.threads},
+        "mqtt": mqtt,
+        "http": {"enabled": False},
+    }
+    camera = {"type": "file", "path": args.video, "realtime": args.realtime}
+    if args.sources > 1:
+        settings["sources"] = [dict(camera, id="cam%d" % n, roi=roi) for n in range(args.sources)]
+    else:
+        settings.update(source=camera, roi=roi)
+    config = config_module.from_dict(settings)
     pipeline = Pipeline(config).open()
     loaded = time.monotonic()
     first_output = [None]
@@ -99,6 +102,7 @@ def main(args):
         "backend": pipeline.backend.name,
         "frame_size": [width, height],
         "rois": max(1, args.boxes),
+        "sources": args.sources,
         "realtime": args.realtime,
         "frames": frames,
         "dropped": pipeline.source.stats.dropped,

@@ -144,15 +144,18 @@ def ensure_video(width, height, digits):
 
 def probe(video, backend, boxes=0, realtime=False, mqtt_port=0, runs=3):
     """Median (by fps) of ``runs`` fresh-process runs of bench.probe."""
-    results = sorted(
-        (probe_once(video, backend, boxes, realtime, mqtt_port) for _ in range(runs)), key=lambda r: r["fps"]
-    )
+    return median_run([probe_once(video, backend, boxes, realtime, mqtt_port) for _ in range(runs)])
+
+
+def median_run(results):
+    """The run with the median fps, with every run's fps beside it."""
+    results = sorted(results, key=lambda r: r["fps"])
     median = dict(results[len(results) // 2])
     median["fps_runs"] = [r["fps"] for r in results]
     return median
 
 
-def probe_once(video, backend, boxes=0, realtime=False, mqtt_port=0):
+def probe_once(video, backend, boxes=0, realtime=False, mqtt_port=0, sources=1):
     command = [
         sys.executable,
         "-m",
@@ -166,6 +169,8 @@ def probe_once(video, backend, boxes=0, realtime=False, mqtt_port=0):
     ]
     if realtime:
         command.append("--realtime")
+    if sources > 1:
+        command += ["--sources", str(sources)]
     if mqtt_port:
         command += ["--mqtt-port", str(mqtt_port)]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
@@ -223,6 +228,25 @@ def bench_growth(digits):
     for width, height in ((320, 240), (640, 480), (1280, 720), (1920, 1080)):
         print("  growth frame %dx%d" % (width, height), flush=True)
         rows.append(dict(probe(ensure_video(width, height, digits), "onnxruntime", 0), kind="frame size"))
+    return rows
+
+
+def bench_sources(digits, counts=(1, 2, 4), runs=3):
+    """Several cameras in one pipeline (each the same video, as fast as it goes): CPU ms per
+    frame and mean batch. Runs are interleaved (1, 2, 4, 1, 2, 4, ...) so a busy moment of
+    the machine does not favour one count; the median run of each is reported."""
+    video = ensure_video(640, 480, digits)
+    results = dict((count, []) for count in counts)
+    for run in range(runs):
+        for count in counts:
+            print("  sources=%d (run %d of %d)" % (count, run + 1, runs), flush=True)
+            results[count].append(probe_once(video, "onnxruntime", sources=count))
+    rows = []
+    for count in counts:
+        row = dict(median_run(results[count]), kind="sources")
+        row["cpu_ms_per_frame_runs"] = sorted(r["cpu_ms_per_frame"] for r in results[count])
+        row["cpu_ms_per_frame"] = row["cpu_ms_per_frame_runs"][len(results[count]) // 2]  # its own median
+        rows.append(row)
     return rows
 
 
@@ -343,6 +367,29 @@ def markdown(report):
                 r["startup_to_first_prediction_s"],
             )
         )
+    sources = report.get("sources", [])
+    if sources:
+        single = sources[0]["cpu_ms_per_frame"]
+        lines += [
+            "",
+            "## Several cameras, one pipeline (640x480, centre ROI, ONNX Runtime, interleaved runs)",
+            "",
+            "| cameras | frames | fps (all cameras) | CPU ms/frame (median; runs) | vs one camera | mean batch |",
+            "| ---: | ---: | ---: | --- | ---: | ---: |",
+        ]
+        for r in sources:
+            lines.append(
+                "| %d | %d | %.1f | %.2f (%s) | %.2f | %.2f |"
+                % (
+                    r["sources"],
+                    r["frames"],
+                    r["fps"],
+                    r["cpu_ms_per_frame"],
+                    ", ".join("%.2f" % v for v in r["cpu_ms_per_frame_runs"]),
+                    r["cpu_ms_per_frame"] / single,
+                    r["mean_batch"],
+                )
+            )
     lines += ["", "## Targets", "", "| target | measured | met |", "| --- | --- | --- |"]
     for t in report["targets"]:
         lines.append("| %s | %s | %s |" % (t["target"], t["measured"], "yes" if t["met"] else "**no**"))
@@ -481,6 +528,7 @@ def main(args):
     report["pipeline"] = bench_pipeline(digits, backends)
     report["paced"] = bench_paced(digits, backends)
     report["growth"] = bench_growth(digits)
+    report["sources"] = bench_sources(digits)
     report["targets"] = targets(report)
     report["seconds"] = round(time.time() - started, 1)
     (RESULTS / "bench.json").write_text(json.dumps(report, indent=1) + "\n")
