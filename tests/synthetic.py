@@ -112,7 +112,7 @@ def sudoku_image(rng, images, labels, font_paths, cell=52, empty_fraction=0.5, r
         for col in range(cols):
             if rng.random() < empty_fraction:
                 continue
-            if rng.random() < 0.5:
+            if not font_paths or rng.random() < 0.5:  # no fonts: handwriting only
                 index = int(rng.integers(0, len(images)))
                 glyph, digit = (
                     mnist_glyph(images[index], int(cell * rng.uniform(0.55, 0.7))),
