@@ -199,3 +199,42 @@ def test_two_videos_at_30_fps_then_one_cut_while_the_other_keeps_publishing(
         process.terminate()
         process.wait(20)
     assert process.returncode == 0, process.log_path.read_text()
+
+
+def test_snapshot_and_health_per_camera_over_http(mnist_test):
+    from daemon.web import WebServer
+
+    left, _ = centre_digit_frames(mnist_test, 3)
+    right, _ = centre_digit_frames(mnist_test, 5, start=50)
+    settings = two_cameras()
+    settings.http.port = 0
+    pipeline = Pipeline(
+        settings, {"left": ListSource(left), "right": ListSource(right)}, RecordingPublisher()
+    )
+    pipeline.open()
+    web = None
+    try:
+        pipeline.run()
+        web = WebServer(settings.http, pipeline).start()
+
+        def get(path):
+            try:
+                with urllib.request.urlopen(
+                    "http://127.0.0.1:%d%s" % (web.port, path), timeout=10
+                ) as response:
+                    return response.status, response.read()
+            except urllib.error.HTTPError as error:
+                return error.code, error.read()
+
+        status, body = get("/snapshot.jpg?source=right")
+        assert status == 200 and body[:2] == b"\xff\xd8"
+        assert get("/snapshot.jpg?source=nope")[0] == 404
+        assert get("/stream.mjpg?source=nope")[0] == 404
+        status, body = get("/healthz")
+        frames = {s["id"]: s["frames_out"] for s in json.loads(body)["sources"]}
+        assert frames == {"left": 3, "right": 5}
+        assert pipeline.latest_view("right").frame.index == 5
+    finally:
+        if web is not None:
+            web.stop()
+        pipeline.close()
