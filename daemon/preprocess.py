@@ -273,6 +273,14 @@ def prepare(crop, params=None):
     gray = to_gray(crop)
     if gray.size == 0 or min(gray.shape) < 4:
         return _empty("crop too small")
+    # Nothing below can widen the grey range by more than the unsharp mask's 1 + 2 x amount
+    # (blur, flattening and percentiles only narrow it): a crop flatter than that is empty,
+    # whatever follows. Blank paper (most cells of a grid) costs two reductions, not the chain.
+    spread = int(gray.max()) - int(gray.min())
+    if (1.0 + 2.0 * params.sharpen) * spread < params.min_contrast:
+        return _empty(
+            "contrast at most %.0f below %.0f" % ((1.0 + 2.0 * params.sharpen) * spread, params.min_contrast)
+        )
     scale = 1.0
     if max(gray.shape) > WORK_SIZE:
         scale = float(WORK_SIZE) / max(gray.shape)

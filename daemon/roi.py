@@ -415,6 +415,9 @@ GRID_MIN_SCORE = 0.45  # line coverage less cell fill below which a quadrilatera
 GRID_REFINE_GAIN = 0.03
 GRID_CELL_SLACK = 0.12  # a digit's box may overrun its cell by this share (warp, curved paper)
 GRID_DIGIT_MIN_HEIGHT = 0.25  # a digit in a grid cell is at least this share of the cell tall (or wide)
+# A camera's grid stays where it was: the last outline is kept while its score on the new frame
+# stays within this of the score it was found with; below, the grid is searched for again.
+GRID_TRACK_DROP = 0.05
 
 
 def _long_lines(mask, length=None):
@@ -514,6 +517,7 @@ class GridRoi(object):
         self.region = region
         self.locate = locate
         self.cell_px = cell_px
+        self._tracked = None  # (searched image shape, corners there, score when found)
 
     def find_grid(self, gray):
         """Corners (tl, tr, br, bl) of the grid's outer frame, or None.
@@ -522,10 +526,15 @@ class GridRoi(object):
         without text, which touches the frame in newspapers, filtered out); each is warped
         flat and scored by how much ink lies along the rows + 1 and cols + 1 lines a grid
         has there. Polarity, text, other puzzles and dark margins change the candidates,
-        not the verdict."""
+        not the verdict. On a camera's next frames the grid found is kept while it still
+        scores as well (GRID_TRACK_DROP): the search runs again only when it moved."""
         scale = min(1.0, float(GRID_WORK_SIZE) / max(gray.shape))
         work = cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else gray
         mask = _ink_mask(work, block_fraction=0.04, offset=6)
+        tracked = self._tracked
+        if tracked is not None and tracked[0] == mask.shape:
+            if self._grid_score(mask, tracked[1]) >= max(GRID_MIN_SCORE, tracked[2] - GRID_TRACK_DROP):
+                return (tracked[1] / scale).astype(np.float32)
         min_area = GRID_MIN_AREA * work.shape[0] * work.shape[1]
         candidates = []
         lines = _long_lines(mask)
@@ -546,10 +555,12 @@ class GridRoi(object):
             if quad_score > best_score:
                 best, best_score = quad, quad_score
         if best is None:
+            self._tracked = None
             return None
         refined, refined_score = self._refine(mask, best, best_score)
         if refined_score > best_score + GRID_REFINE_GAIN:
-            best = refined
+            best, best_score = refined, refined_score
+        self._tracked = (mask.shape, best, best_score)
         return (best / scale).astype(np.float32)
 
     def _refine(self, mask, quad, quad_score):

@@ -1,8 +1,10 @@
-"""ROI extraction: centre square and fixed boxes."""
+"""ROI extraction: centre square, fixed boxes, a tracked grid."""
 
+import cv2
 import numpy as np
 
 from daemon import config, roi
+from tests import synthetic
 
 
 def test_center_is_a_square_in_the_middle():
@@ -38,3 +40,19 @@ def test_boxes_keep_ids_and_are_clipped_to_the_frame():
     assert regions[0].box == (10, 20, 30, 40) and regions[0].crop[0, 0] == frame[20, 10]
     assert regions[1].box == (620, 470, 20, 10)
     assert regions[2].box[2] == 0 and regions[2].crop.size == 0
+
+
+def test_a_cameras_grid_is_kept_while_it_stays_and_found_again_when_it_moves(mnist_test):
+    rng = np.random.default_rng(5)
+    image, _ = synthetic.sudoku_image(rng, *mnist_test, ())  # handwriting only (no fonts on 3.6)
+    extractor = roi.GridRoi()
+    _, found = extractor.extract_grid(image)
+    noisy = np.clip(image + rng.normal(0, 2.0, image.shape), 0, 255).astype(np.uint8)
+    _, kept = extractor.extract_grid(noisy)
+    assert kept == found  # the next frame of a still camera: the same outline, no new search
+    shift = np.float32([[1, 0, 40], [0, 1, 25]])
+    size = (image.shape[1], image.shape[0])
+    moved_image = cv2.warpAffine(image, shift, size, borderMode=cv2.BORDER_REPLICATE)
+    _, moved = extractor.extract_grid(moved_image)
+    for (fx, fy), (mx, my) in zip(found, moved):
+        assert abs(mx - fx - 40) < 5 and abs(my - fy - 25) < 5, (found, moved)
