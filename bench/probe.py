@@ -25,6 +25,9 @@ def parse_args(argv=None):
     parser.add_argument("--max-frames", type=int, default=0, help="per camera")
     parser.add_argument("--sources", type=int, default=1, help="cameras in one pipeline, each the video")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--max-wait-ms", type=float, default=None, help="batching.max_wait_ms (default: the config's)"
+    )
     return parser.parse_args(argv)
 
 
@@ -70,6 +73,8 @@ def main(args):
         "mqtt": mqtt,
         "http": {"enabled": False},
     }
+    if args.max_wait_ms is not None:
+        settings["batching"] = {"max_wait_ms": args.max_wait_ms}
     camera = {"type": "file", "path": args.video, "realtime": args.realtime}
     if args.sources > 1:
         settings["sources"] = [dict(camera, id="cam%d" % n, roi=roi) for n in range(args.sources)]

@@ -1,7 +1,8 @@
 """Dynamic batching: gather crops from one or more frames, like Triton's dynamic batcher.
 
 A batch is closed when it holds ``max_batch`` crops or ``max_wait_ms`` after its
-first frame arrived, whichever comes first. Frames are never split across
+first frame arrived, whichever comes first; with ``max_wait_ms`` 0 (the default) it takes
+the frames already queued and runs at once, so batches grow only when frames queue up. Frames are never split across
 batches, so a frame's results are published together.
 """
 

@@ -276,7 +276,12 @@ SCHEMA = Schema(
             {
                 "max_batch": Field(int, 32, "most crops in one inference call", minimum=1, maximum=1024),
                 "max_wait_ms": Field(
-                    float, 2.0, "longest wait for a batch to fill", minimum=0.0, maximum=1000.0
+                    float,
+                    0.0,
+                    "longest wait for more frames before a partial batch runs (0: run at once with "
+                    "the frames already queued, which batch by themselves under load)",
+                    minimum=0.0,
+                    maximum=1000.0,
                 ),
                 "queue_frames": Field(
                     int, 8, "frames buffered between capture and inference", minimum=1, maximum=1000
