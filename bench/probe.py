@@ -26,6 +26,9 @@ def parse_args(argv=None):
     parser.add_argument("--sources", type=int, default=1, help="cameras in one pipeline, each the video")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
+        "--opencv-threads", type=int, default=None, help="cv2.setNumThreads (default: OpenCV's)"
+    )
+    parser.add_argument(
         "--max-wait-ms", type=float, default=None, help="batching.max_wait_ms (default: the config's)"
     )
     return parser.parse_args(argv)
@@ -58,6 +61,8 @@ def main(args):
     from daemon import config as config_module
     from daemon.pipeline import Pipeline
 
+    if args.opencv_threads is not None:
+        cv2.setNumThreads(args.opencv_threads)
     capture = cv2.VideoCapture(args.video)
     width, height = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
     capture.release()

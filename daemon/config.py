@@ -352,6 +352,14 @@ SCHEMA = Schema(
         ),
         "service": Schema(
             {
+                "opencv_threads": Field(
+                    int,
+                    1,
+                    "threads OpenCV may use for one call (0: its own choice); crops are small, and "
+                    "one thread per call measured less CPU per frame than two here",
+                    minimum=0,
+                    maximum=64,
+                ),
                 "health_timeout_s": Field(
                     float,
                     10.0,

@@ -18,6 +18,8 @@ import logging
 import threading
 import time
 
+import cv2
+
 from daemon import backends, postprocess, publish, sources
 from daemon import config as config_module
 from daemon.batching import DynamicBatcher
@@ -115,6 +117,8 @@ class Pipeline(object):
     # -- lifecycle ---------------------------------------------------------------------------
     def open(self):
         """Load the backend, start MQTT, open the sources (raises BackendUnavailable/SourceError)."""
+        if self.config.service.opencv_threads:
+            cv2.setNumThreads(self.config.service.opencv_threads)
         self.backend = backends.load_backend(self.config.backend, self.config.batching.max_batch)
         self._apply_reading_settings(self.config)
         self.publisher = self.publisher or publish.create_publisher(self.config.mqtt, self.config.device_id)
