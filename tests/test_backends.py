@@ -49,6 +49,7 @@ def test_auto_picks_onnxruntime_here_and_says_why(caplog):
     assert "TensorRT is not importable" in caplog.text
 
 
+@pytest.mark.slow
 @pytest.mark.host  # TensorFlow
 def test_auto_falls_back_to_tensorflow_without_the_onnx_model(tmp_path):
     backend = backends.load_backend(backend_settings(type="auto", onnx_model=str(tmp_path / "none.onnx")))

@@ -41,6 +41,7 @@ def test_shipped_onnx_has_named_nchw_input_with_dynamic_batch():
     assert labels == [str(d) for d in range(10)] + ["not a digit"]
 
 
+@pytest.mark.slow
 def test_export_parity_with_keras_on_1000_images(tmp_path, keras_model, mnist_test):
     converted = export_onnx.convert(keras_model)
     export_onnx.check_operators(converted)

@@ -40,6 +40,7 @@ values = st.recursive(
 documents = st.one_of(values, st.dictionaries(st.sampled_from(KEYS), values, max_size=6))
 
 
+@pytest.mark.slow
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(documents)
 def test_config_loader_only_ever_raises_config_error_with_paths(document):

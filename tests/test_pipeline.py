@@ -48,6 +48,7 @@ def test_a_box_outside_the_frame_reads_as_no_digit_and_the_rest_is_published(
     assert log.count("lies outside") == 1, "warn once, not every frame"
 
 
+@pytest.mark.slow
 def test_a_reload_that_moves_a_box_out_of_the_frame_keeps_predictions_coming(
     tmp_path, broker, subscriber_factory
 ):

@@ -97,6 +97,7 @@ def stop(process, timeout=15):
     return process.wait(timeout)
 
 
+@pytest.mark.slow
 def test_notify_ready_watchdog_cadence_and_stopping(tmp_path):
     notify = NotifySocket(tmp_path / "notify.sock")
     env = {"NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": "1000000"}  # ping every 0.5 s
@@ -117,6 +118,7 @@ def test_notify_ready_watchdog_cadence_and_stopping(tmp_path):
     notify.close()
 
 
+@pytest.mark.slow
 def test_a_hung_source_stops_the_watchdog_and_fails_healthz(tmp_path):
     folder = tmp_path / "images"
     folder.mkdir()
@@ -145,6 +147,7 @@ def test_a_hung_source_stops_the_watchdog_and_fails_healthz(tmp_path):
         notify.close()
 
 
+@pytest.mark.slow
 def test_healthz_is_503_with_the_reason_while_the_source_is_down_but_the_watchdog_keeps_pinging(tmp_path):
     notify = NotifySocket(tmp_path / "notify.sock")
     missing = tmp_path / "camera.mp4"
@@ -189,6 +192,7 @@ def test_sigterm_exits_0_quickly_and_says_offline(tmp_path, broker, subscriber_f
     print("SIGTERM to exit: %.2f s" % elapsed)
 
 
+@pytest.mark.slow
 def test_sighup_applies_a_good_config_and_keeps_running_on_a_bad_one(tmp_path):
     process = start(tmp_path)
     try:

@@ -255,6 +255,7 @@ def test_a_truncated_video_ends_where_its_data_ends(tmp_path):
     assert "reopening" not in log
 
 
+@pytest.mark.slow
 def test_sigterm_stops_the_daemon_while_it_waits_for_a_missing_file(tmp_path):
     import signal
 
