@@ -147,6 +147,11 @@ class Pipeline(object):
         """The newest published frame (a FrameView), or None before the first."""
         return self._latest_view
 
+    def preview_reader(self, config):
+        """A Reader on this pipeline's backend (and its lock) with ``config``'s ROI, preprocess
+        and postprocess settings, for trying settings on a frame; the running ones stay."""
+        return self.reader.with_settings(config)
+
     def read_still(self, image, roi_mode="center"):
         """Read an uploaded image with the current settings, sharing the backend with the camera
         (held only while it runs, so the camera keeps its frame rate)."""
