@@ -18,6 +18,7 @@ DEVICE_CODE := daemon
 
 help:
 	@echo "make demo          run the daemon on the bundled sample video (CPU) and print what MQTT receives"
+	@echo "make demo-setup    the sample video looping, with the setup page on http://127.0.0.1:8080/setup"
 	@echo "make test          lint, Python 3.6 check and the test suite (installs what it needs)"
 	@echo "make check         quick loop: lint and the tests not marked slow"
 	@echo "make setup         create $(VENV) with the pinned dependencies"
@@ -92,6 +93,10 @@ samples/demo.mp4:
 
 demo: $(STAMP) mosquitto samples/demo.mp4
 	$(PY) -m tools.demo
+
+.PHONY: demo-setup
+demo-setup: $(STAMP) mosquitto samples/demo.mp4
+	$(PY) -m tools.demo_setup
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -278,11 +278,11 @@ def put_config(web, request):
 
 
 # -- GET/POST /api/preview ----------------------------------------------------------------------
-def _query_overrides(query):
-    """``?preprocess.threshold=fixed&roi.boxes=[...]`` -> nested dict (values read as JSON
-    when they parse, else as text)."""
+def _query_overrides(pairs):
+    """``preprocess.threshold=fixed``, ``roi.boxes=[...]`` query pairs -> nested dict (values
+    read as JSON when they parse, else as text)."""
     out = {}
-    for dotted, text in parse_qsl(query, keep_blank_values=True):
+    for dotted, text in pairs:
         try:
             value = json.loads(text)
         except ValueError:
@@ -335,8 +335,9 @@ def preview_settings(web, overrides):
         raise Refused(400, "%d error(s) in the settings" % len(exc.errors), errors=exc.errors) from exc
 
 
-def preview(web, overrides):
-    """Read the newest frame with the given settings (nothing saved or applied)."""
+def preview(web, overrides, with_frame=False):
+    """Read the newest frame with the given settings (nothing saved or applied); ``with_frame``
+    adds that frame as a JPEG data URL, so a page shows the very picture the crops came from."""
     from daemon.reader import Reader
 
     settings = preview_settings(web, overrides)
@@ -368,8 +369,11 @@ def preview(web, overrides):
             }
         )
     outline = prepared.outline
+    frame = {"index": view.frame.index, "width": int(image.shape[1]), "height": int(image.shape[0])}
+    if with_frame:
+        frame["jpeg"] = _image_data_url(image, side=max(image.shape[:2]))
     return {
-        "frame": {"index": view.frame.index, "width": int(image.shape[1]), "height": int(image.shape[0])},
+        "frame": frame,
         "number": Reader.frame_payload(readings)["number"],
         "outline": None
         if outline is None
@@ -379,11 +383,20 @@ def preview(web, overrides):
 
 
 def get_preview(web, request):
-    """``GET /api/preview?preprocess.fixed_threshold=90&...``: the newest frame read with those settings."""
-    return preview(web, _query_overrides(urlsplit(request.path).query))
+    """``GET /api/preview?preprocess.fixed_threshold=90&...``: the newest frame read with those
+    settings (``frame=1``: with the frame's JPEG)."""
+    query = [
+        (k, v) for k, v in parse_qsl(urlsplit(request.path).query, keep_blank_values=True) if k != "frame"
+    ]
+    return preview(web, _query_overrides(query), _wants_frame(request))
 
 
 def post_preview(web, request):
     """``POST /api/preview`` with ``{"roi": {...}, "preprocess": {...}}``: as GET, settings in JSON."""
     check_origin(request)
-    return preview(web, read_json_body(web, request))
+    return preview(web, read_json_body(web, request), _wants_frame(request))
+
+
+def _wants_frame(request):
+    """``?frame=1``: include the frame itself in the answer."""
+    return ("frame", "1") in parse_qsl(urlsplit(request.path).query)

@@ -220,8 +220,9 @@ def test_preview_reads_the_current_frame_with_the_given_settings_and_saves_nothi
     web, pipeline, _, path, labels = serve()
     before = path.read_bytes()
     boxes = boxes_payload(("left", 100, 140, 200, 200), ("right", 340, 140, 200, 200))
-    status, _, result = call(web, "POST", "/api/preview", {"roi": {"boxes": boxes}})
+    status, _, result = call(web, "POST", "/api/preview?frame=1", {"roi": {"boxes": boxes}})
     assert status == 200, result
+    assert result["frame"]["jpeg"].startswith("data:image/jpeg;base64,")
     assert result["frame"]["width"] == 640 and [r["digit"] for r in result["rois"]] == labels
     assert len(result["rois"][0]["tensor"]) == 28 and result["rois"][0]["crop"].startswith("data:image/jpeg")
     tensors = {}
