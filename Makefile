@@ -35,6 +35,7 @@ PY36_TESTS := tests/test_batching.py tests/test_config.py tests/test_daemon_mqtt
 help:
 	@echo "make demo          run the daemon on the bundled sample video (CPU) and print what MQTT receives"
 	@echo "                   (make demo SOURCES=2: the video as two cameras in one daemon)"
+	@echo "make demo-setup    the sample video looping, with the setup page on http://127.0.0.1:8080/setup"
 	@echo "make test          lint, Python 3.6 check and the test suite (installs what it needs)"
 	@echo "make check         quick loop: lint and the tests not marked slow"
 	@echo "make setup         create $(VENV) with the pinned dependencies"
@@ -111,6 +112,10 @@ samples/demo.mp4:
 SOURCES ?= 1
 demo: $(STAMP) mosquitto samples/demo.mp4
 	$(PY) -m tools.demo --sources $(SOURCES)
+
+.PHONY: demo-setup
+demo-setup: $(STAMP) mosquitto samples/demo.mp4
+	$(PY) -m tools.demo_setup
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

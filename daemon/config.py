@@ -348,6 +348,18 @@ SCHEMA = Schema(
                     "stalled request) or takes nothing this long",
                     minimum=0.5,
                 ),
+                "token": Field(
+                    str,
+                    "",
+                    "bearer token that PUT /api/config (the setup page's Save) needs; required when "
+                    "bind is beyond loopback; use ${DIGITD_HTTP_TOKEN}",
+                    secret=True,
+                ),
+                "token_file": Field(
+                    str,
+                    "",
+                    "read the token from this file, e.g. ${CREDENTIALS_DIRECTORY}/http_token",
+                ),
             }
         ),
         "service": Schema(
@@ -657,6 +669,8 @@ def from_dict(data, base_dirs=(PROJECT_ROOT,)):
     _cross_checks(config, errors, failed)
     if not failed & {"mqtt.password", "mqtt.password_file"}:
         _read_password_file(config, errors)
+    if not failed & {"http.token", "http.token_file", "http.bind"}:
+        _check_http_token(config, errors)
     if errors:
         raise ConfigError(errors)
     resolve_model_paths(config.backend, base_dirs)
@@ -695,3 +709,65 @@ def live_changes(old, new, schema=SCHEMA, path=""):
         elif a != b:
             (live if field.live else restart).append(sub_path)
     return live, restart
+
+
+# -- the HTTP token (setup page and PUT /api/config) -------------------------------------------
+MIN_TOKEN_LENGTH = 16
+LOOPBACK_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost")
+
+
+def is_loopback(host):
+    """True for an address or name that only this machine can reach (127.0.0.0/8, ::1, localhost)."""
+    import ipaddress
+
+    host = (host or "").strip().strip("[]").lower()
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_http_token(config, errors):
+    """Read ``http.token_file``; a server bound beyond loopback must have a token."""
+    http = config.http
+    if http.token_file:
+        if http.token:
+            errors.append("http.token_file: set either token or token_file, not both")
+            return
+        try:
+            with open(http.token_file) as handle:
+                http.token = handle.read().strip()
+        except OSError as exc:
+            errors.append("http.token_file: cannot read %s (%s)" % (http.token_file, exc.strerror or exc))
+            return
+    key = "http.token_file" if http.token_file else "http.token"
+    if http.token and len(http.token) < MIN_TOKEN_LENGTH:
+        errors.append(
+            "%s: the token is shorter than %d characters (make one with: openssl rand -hex 16)"
+            % (key, MIN_TOKEN_LENGTH)
+        )
+    elif http.enabled and not http.token and not is_loopback(http.bind):
+        errors.append(
+            "http.token: bind %r reaches beyond this machine, so the setup API needs a token: set "
+            "http.token (e.g. ${DIGITD_HTTP_TOKEN}) or http.token_file, or bind 127.0.0.1" % http.bind
+        )
+
+
+def masked_dict(config, schema=SCHEMA):
+    """The config as a plain dict with every secret replaced by ``***`` (empty ones stay empty)."""
+    out = {}
+    for key, field in schema.fields.items():
+        value = getattr(config, key)
+        if isinstance(field, Schema):
+            value = masked_dict(value, field)
+        elif isinstance(field.kind, ListOf):
+            value = [masked_dict(item, field.kind.schema) for item in value]
+        elif field.secret and value:
+            value = SECRET_MASK
+        out[key] = value
+    return out
+
+
+SECRET_MASK = _SECRET_MASK

@@ -212,6 +212,11 @@ class Pipeline(object):
             "no source %r (sources: %s)" % (source_id, ", ".join(str(i) for i in self.source_ids()))
         )
 
+    def preview_reader(self, config):
+        """A Reader on this pipeline's backend (and its lock) with ``config``'s ROI, preprocess
+        and postprocess settings, for trying settings on a frame; the running ones stay."""
+        return self.reader.with_settings(config)
+
     def read_still(self, image, roi_mode="center"):
         """Read an uploaded image with the current settings, sharing the backend with the camera
         (held only while it runs, so the camera keeps its frame rate)."""

@@ -64,7 +64,7 @@ class Service(object):
         if settings.enabled:
             from daemon import web
 
-            self.web = web.WebServer(settings, self.pipeline).start()
+            self.web = web.WebServer(settings, self.pipeline, self.config_path).start()
         self.notifier.ready(self.pipeline.describe())
         if self.notifier.watchdog_interval:
             self._watchdog_thread = threading.Thread(target=self._watchdog_loop, name="watchdog")

@@ -1,4 +1,5 @@
-"""HTTP: /healthz, /metrics, /snapshot.jpg, /stream.mjpg, / (upload page) and POST /predict.
+"""HTTP: /healthz, /metrics, /snapshot.jpg, /stream.mjpg, / (upload page), POST /predict, and
+the setup page with its API (/setup, /api/config, /api/preview: daemon.setup_api).
 
 Standard library server (threaded), so it runs on the Nano's Python 3.6 with no
 web framework. Each path is a small handler function in a routing table; handlers
@@ -22,6 +23,7 @@ from urllib.parse import parse_qs, urlsplit
 import cv2
 import numpy as np
 
+from daemon import setup_api
 from daemon.predict import ImageError, decode_image
 
 log = logging.getLogger(__name__)
@@ -173,11 +175,13 @@ class _Server(socketserver.ThreadingMixIn, HTTPServer):
 
 
 class WebServer(object):
-    """Owns the HTTP server thread; handlers read the pipeline, never block it."""
+    """Owns the HTTP server thread; handlers read the pipeline, never block it. ``config_path``
+    is the file the setup API saves to (None: the config cannot be changed over HTTP)."""
 
-    def __init__(self, settings, pipeline):
+    def __init__(self, settings, pipeline, config_path=None):
         self.settings = settings
         self.pipeline = pipeline
+        self.config_path = config_path
         self.streams = threading.BoundedSemaphore(settings.max_streams)
         self.uploads = threading.BoundedSemaphore(MAX_CONCURRENT_UPLOADS)
         self.stopping = threading.Event()
@@ -237,14 +241,17 @@ def _query(request, name, default=None):
 
 
 def get_snapshot(web, request):
-    """The newest frame annotated; ``?source=<id>`` picks a camera (default the first)."""
+    """The newest frame with its ROIs drawn; ``?source=<id>`` picks a camera (default the
+    first); ``?raw=1``: the camera's picture as it is."""
     try:
         view = web.pipeline.latest_view(_query(request, "source"))
     except KeyError as exc:
         return error(404, exc.args[0])
     if view is None:
         return error(503, "no frame yet")
-    return Response(200, encode_jpeg(annotate(view)), "image/jpeg")
+    raw = parse_qs(urlsplit(request.path).query).get("raw") == ["1"]
+    image = view.frame.image if raw else annotate(view)
+    return Response(200, encode_jpeg(image), "image/jpeg", {"X-Frame-Index": str(view.frame.index)})
 
 
 def get_upload_page(web, request):
@@ -315,6 +322,25 @@ def post_predict(web, request):
         return error(400, str(exc))
 
 
+def get_setup_page(web, request):
+    return Response(200, setup_api.setup_page(web), "text/html; charset=utf-8")
+
+
+def _api(function):
+    """A setup_api function (web, request) -> JSON-able body as a handler; its Refused -> 4xx/5xx."""
+
+    def handler(web, request):
+        try:
+            return Response(200, function(web, request))
+        except setup_api.Refused as refused:
+            body = {"error": str(refused)}
+            if refused.errors is not None:
+                body["errors"] = refused.errors
+            return Response(refused.status, body, headers=refused.headers)
+
+    return handler
+
+
 ROUTES = {
     ("GET", "/healthz"): get_health,
     ("GET", "/metrics"): get_metrics,
@@ -323,6 +349,11 @@ ROUTES = {
     ("GET", "/"): get_upload_page,
     ("GET", "/index.html"): get_upload_page,
     ("POST", "/predict"): post_predict,
+    ("GET", "/setup"): get_setup_page,
+    ("GET", "/api/config"): _api(setup_api.get_config),
+    ("PUT", "/api/config"): _api(setup_api.put_config),
+    ("GET", "/api/preview"): _api(setup_api.get_preview),
+    ("POST", "/api/preview"): _api(setup_api.post_preview),
 }
 
 
@@ -369,6 +400,9 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_POST(self):  # noqa: N802
         self._dispatch("POST")
+
+    def do_PUT(self):  # noqa: N802
+        self._dispatch("PUT")
 
     def _dispatch(self, method):
         path = urlsplit(self.path).path

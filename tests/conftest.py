@@ -1,5 +1,5 @@
 """Shared fixtures: a real Mosquitto on a free loopback port, an MQTT subscriber, the reader
-as ``predict`` builds it, the MNIST test set, the payload schemas. Helpers live in
+as ``predict`` builds it, the MNIST test set, the payload schemas, headless Chromium. Helpers live in
 tests/helpers.py and tests/synthetic.py."""
 
 import json
@@ -61,3 +61,33 @@ def schemas():
         schema = json.loads((SCHEMAS / ("%s.schema.json" % kind)).read_text())
         out[kind] = validator(schema)
     return out
+
+
+@pytest.fixture
+def chromium():
+    import shutil
+
+    binary = shutil.which("chromium")
+    driver = shutil.which("chromedriver")
+    if not binary or not driver:
+        pytest.fail("Debian's chromium and chromium-driver are needed (make test installs them)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service as DriverService
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=900,900",
+    ):
+        options.add_argument(flag)
+    browser = webdriver.Chrome(service=DriverService(executable_path=driver), options=options)
+    yield browser
+    browser.quit()

@@ -187,3 +187,14 @@ def centre_digit_frames(mnist_test, count, start=0):
         frame[140:340, 220:420] = paper_crop(images[index])
         out.append(frame)
     return out, [int(v) for v in labels[start : start + count]]
+
+
+def two_digit_frame(mnist_test, first=0, second=1):
+    """A 640x480 frame of paper with two MNIST digits side by side; their labels and the boxes
+    (x, y, w, h) around them: a fixed scene for the setup page."""
+    images, labels = mnist_test
+    frame = np.full((480, 640), 215, np.uint8)
+    boxes = [(100, 140, 200, 200), (340, 140, 200, 200)]
+    for index, (x, y, w, h) in zip((first, second), boxes):
+        frame[y : y + h, x : x + w] = paper_crop(images[index])
+    return cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR), [int(labels[first]), int(labels[second])], boxes

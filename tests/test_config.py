@@ -161,3 +161,37 @@ def test_cross_checks_are_listed_together_with_field_errors(tmp_path):
         "no follow-up error for a type that was wrong"
     )
     assert len(errors) == 5, errors
+
+
+def test_beyond_loopback_the_http_token_is_required_and_read_from_env_or_file(tmp_path, monkeypatch):
+    source = {"type": "v4l2"}
+    assert config.from_dict({"source": source, "http": {"bind": "::1"}}).http.token == ""
+    with pytest.raises(config.ConfigError) as error:
+        config.from_dict({"source": source, "http": {"bind": "0.0.0.0"}})
+    assert len(error.value.errors) == 1 and error.value.errors[0].startswith(
+        "http.token: bind '0.0.0.0' reaches beyond this machine, so the setup API needs a token"
+    )
+    assert config.from_dict({"source": source, "http": {"bind": "0.0.0.0", "enabled": False}})
+    with pytest.raises(config.ConfigError) as error:
+        config.from_dict({"source": source, "http": {"bind": "0.0.0.0", "token": "short"}})
+    assert "shorter than 16 characters" in error.value.errors[0] and "short'" not in error.value.errors[0]
+    monkeypatch.setenv("DIGITD_TEST_HTTP_TOKEN", "from-the-environment-123")
+    loaded = config.from_dict(
+        {"source": source, "http": {"bind": "0.0.0.0", "token": "${DIGITD_TEST_HTTP_TOKEN}"}}
+    )
+    assert loaded.http.token == "from-the-environment-123" and "from-the-environment" not in repr(loaded)
+    token_file = tmp_path / "http_token"
+    token_file.write_text("from-a-credential-file-456\n")
+    loaded = config.from_dict(
+        {"source": source, "http": {"bind": "192.168.1.20", "token_file": str(token_file)}}
+    )
+    assert loaded.http.token == "from-a-credential-file-456"
+    assert config.masked_dict(loaded)["http"]["token"] == "***"
+
+
+def test_the_daemon_refuses_to_start_beyond_loopback_without_a_token(tmp_path):
+    path = tmp_path / "open.yaml"
+    path.write_text("source: {type: v4l2}\nhttp: {bind: 0.0.0.0}\n")
+    result = run_cli("run", "-c", path)
+    assert result.returncode == 78
+    assert "http.token: bind '0.0.0.0' reaches beyond this machine" in result.stderr

@@ -375,36 +375,6 @@ def test_http_binds_to_localhost_by_default():
     assert config.from_dict({"source": {"type": "v4l2"}}).http.bind == "127.0.0.1"
 
 
-@pytest.fixture
-def chromium():
-    import shutil
-
-    binary = shutil.which("chromium")
-    driver = shutil.which("chromedriver")
-    if not binary or not driver:
-        pytest.fail("Debian's chromium and chromium-driver are needed (make test installs them)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service as DriverService
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = binary
-    for flag in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--window-size=900,900",
-    ):
-        options.add_argument(flag)
-    browser = webdriver.Chrome(service=DriverService(executable_path=driver), options=options)
-    yield browser
-    browser.quit()
-
-
 def test_upload_page_in_headless_chromium(tmp_path, mnist_test, chromium):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions

@@ -1,0 +1,249 @@
+"""The setup API over real HTTP, in this process: a real pipeline (a still camera, ONNX Runtime)
+reading a config file that PUT /api/config edits."""
+
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from daemon import config
+from daemon.pipeline import Pipeline
+from daemon.sources import FrameSource
+from daemon.web import WebServer
+from tests.helpers import MODELS, RecordingPublisher
+from tests.synthetic import two_digit_frame
+
+TOKEN = "test-token-0123456789abcdef"
+MQTT_SECRET = "mqtt-secret-never-shown"
+CONFIG_TEXT = """\
+# my camera on the desk
+device_id: desk-01   # the desk
+source:
+  type: images
+  path: .
+backend:
+  type: onnxruntime
+  onnx_model: {model}
+roi:
+  mode: boxes
+  boxes:
+    - {{id: left, x: 100, y: 140, w: 200, h: 200}}   # the first digit
+preprocess:
+  threshold: otsu   # try fixed when the light is even
+http:
+  enabled: true
+  port: 0
+  token: {token}
+mqtt:
+  enabled: false
+  password: ${{DIGITD_TEST_MQTT_PASSWORD}}
+"""
+
+
+class StillCamera(FrameSource):
+    """A fake camera that shows the same picture at about 20 frames a second until stopped."""
+
+    def __init__(self, image):
+        FrameSource.__init__(self, config.defaults().source)
+        self.image = image
+
+    def describe(self):
+        return "still camera"
+
+    def _open(self):
+        pass
+
+    def _read_image(self):
+        time.sleep(0.05)
+        return self.image
+
+    def _release(self):
+        pass
+
+
+@pytest.fixture
+def serve(tmp_path, mnist_test, monkeypatch):
+    """serve(token=...) -> (web, pipeline, publisher, config path, labels) on a running pipeline."""
+    monkeypatch.setenv("DIGITD_TEST_TOKEN", TOKEN)
+    monkeypatch.setenv("DIGITD_TEST_MQTT_PASSWORD", MQTT_SECRET)
+    started = []
+
+    def start(token="${DIGITD_TEST_TOKEN}"):
+        path = tmp_path / "config.yaml"
+        path.write_text(CONFIG_TEXT.format(model=MODELS / "digits.onnx", token=json.dumps(token)))
+        settings = config.load(str(path))
+        frame, labels, _ = two_digit_frame(mnist_test, 0, 1)
+        publisher = RecordingPublisher()
+        pipeline = Pipeline(settings, StillCamera(frame), publisher).open()
+        runner = threading.Thread(target=pipeline.run)
+        runner.start()
+        web = WebServer(settings.http, pipeline, str(path)).start()
+        started.append((web, pipeline, runner))
+        deadline = time.monotonic() + 20
+        while pipeline.latest_view() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return web, pipeline, publisher, path, labels
+
+    yield start
+    for web, pipeline, runner in started:
+        web.stop()
+        pipeline.stop()
+        runner.join(10)
+        pipeline.close()
+
+
+def call(web, method, path, body=None, headers=None, token=None):
+    """(status, headers, parsed JSON body) of one request."""
+    headers = dict(headers or {})
+    data = None
+    if body is not None:
+        data = json.dumps(body).encode("utf-8")
+        headers.setdefault("Content-Type", "application/json")
+    if token:
+        headers["Authorization"] = "Bearer " + token
+    request = urllib.request.Request("http://127.0.0.1:%d%s" % (web.port, path), data, headers, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=20) as response:
+            return response.status, response.headers, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, error.headers, json.loads(error.read())
+
+
+def boxes_payload(*boxes):
+    return [dict(zip(("id", "x", "y", "w", "h"), box)) for box in boxes]
+
+
+def test_get_config_shows_the_file_with_secrets_masked(serve):
+    web, _, _, _, _ = serve()
+    status, _, body = call(web, "GET", "/api/config")
+    assert status == 200
+    assert body["config"]["mqtt"]["password"] == "***" and body["config"]["http"]["token"] == "***"
+    assert body["config"]["roi"]["boxes"] == boxes_payload(("left", 100, 140, 200, 200))
+    assert body["token_required"] is True and body["restart_pending"] == []
+    assert body["fields"]["preprocess.threshold"]["choices"] == ["otsu", "fixed", "adaptive"]
+    text = json.dumps(body)
+    assert TOKEN not in text and MQTT_SECRET not in text
+
+
+def test_put_saves_keeping_comments_applies_at_once_and_the_next_prediction_has_the_new_roi(serve):
+    web, pipeline, publisher, path, labels = serve()
+    before = path.read_text()
+    boxes = boxes_payload(("left", 100, 140, 200, 200), ("right", 340, 140, 200, 200))
+    change = {"roi": {"boxes": boxes}, "preprocess": {"threshold": "fixed", "fixed_threshold": 90}}
+    status, _, result = call(web, "PUT", "/api/config", change, token=TOKEN)
+    assert status == 200, result
+    assert sorted(result["applied_live"]) == [
+        "preprocess.fixed_threshold",
+        "preprocess.threshold",
+        "roi.boxes",
+    ]
+    assert result["needs_restart"] == [] and result["backup"] == str(path) + ".bak"
+    text = path.read_text()
+    for kept in ("# my camera on the desk", "device_id: desk-01   # the desk", "${DIGITD_TEST_TOKEN}"):
+        assert kept in text
+    assert "threshold: fixed  # try fixed when the light is even" in text  # the comment keeps its column
+    assert "- {id: left, x: 100, y: 140, w: 200, h: 200}   # the first digit" in text
+    assert "- {id: right, x: 340, y: 140, w: 200, h: 200}" in text
+    assert (path.parent / "config.yaml.bak").read_text() == before
+    on_disk = config.load(str(path))  # what check-config reads
+    assert on_disk.preprocess.fixed_threshold == 90 and [b.id for b in on_disk.roi.boxes] == ["left", "right"]
+    assert pipeline.config.preprocess.fixed_threshold == 90
+    seen = len(publisher.payloads("prediction"))
+    deadline = time.monotonic() + 10
+    while len(publisher.payloads("prediction")) <= seen and time.monotonic() < deadline:
+        time.sleep(0.05)
+    latest = publisher.payloads("prediction")[-1]
+    assert [(r["id"], r["box"]) for r in latest["rois"]] == [
+        ("left", [100, 140, 200, 200]),
+        ("right", [340, 140, 200, 200]),
+    ]
+    assert [r["digit"] for r in latest["rois"]] == labels
+
+
+def test_a_key_that_cannot_change_live_is_saved_and_flagged_as_needing_a_restart(serve):
+    web, pipeline, _, path, _ = serve()
+    status, _, result = call(web, "PUT", "/api/config", {"stats_interval_s": 30}, token=TOKEN)
+    assert status == 200 and result["needs_restart"] == ["stats_interval_s"] and result["applied_live"] == []
+    assert "stats_interval_s: 30" in path.read_text() and pipeline.config.stats_interval_s == 10.0
+    assert call(web, "GET", "/api/config")[2]["restart_pending"] == ["stats_interval_s"]
+
+
+def test_a_bad_put_is_400_with_every_error_by_key_and_the_file_untouched(serve):
+    web, pipeline, _, path, _ = serve()
+    before = path.read_bytes()
+    change = {
+        "preprocess": {"fixed_threshold": 300, "threshold": "magic"},
+        "roi": {"boxes": [{"id": "a", "x": 0, "y": 0, "w": 0, "h": 5}], "colour": "red"},
+    }
+    status, _, result = call(web, "PUT", "/api/config", change, token=TOKEN)
+    assert status == 400
+    assert sorted(result["errors"]) == [
+        "preprocess.fixed_threshold: 300 is above the maximum 255",
+        "preprocess.threshold: 'magic' is not one of otsu, fixed, adaptive",
+        "roi.boxes[0].w: 0 is below the minimum 1",
+        "roi.colour: unknown key",
+    ]
+    assert path.read_bytes() == before and not (path.parent / "config.yaml.bak").exists()
+    assert pipeline.config.preprocess.threshold == "otsu"
+
+
+def test_changes_need_the_bearer_token_and_the_pages_own_origin(serve):
+    web, _, _, path, _ = serve()
+    before = path.read_bytes()
+    change = {"preprocess": {"blur_kernel": 3}}
+    status, headers, result = call(web, "PUT", "/api/config", change)
+    assert status == 401 and headers["WWW-Authenticate"].startswith("Bearer")
+    assert call(web, "PUT", "/api/config", change, token="wrong-token-0123456789")[0] == 401
+    assert call(web, "PUT", "/api/config", change, {"Cookie": "token=" + TOKEN})[0] == 401
+    status, _, result = call(
+        web, "PUT", "/api/config", change, {"Origin": "http://evil.example"}, token=TOKEN
+    )
+    assert status == 403 and "Origin" in result["error"]
+    assert path.read_bytes() == before
+    own = {"Origin": "http://127.0.0.1:%d" % web.port}
+    assert call(web, "PUT", "/api/config", change, own, token=TOKEN)[0] == 200
+    assert "blur_kernel: 3" in path.read_text()
+
+
+def test_without_a_token_only_loopback_hosts_may_change_the_config(serve):
+    web, _, _, path, _ = serve(token="")
+    change = {"preprocess": {"blur_kernel": 3}}
+    status, _, result = call(web, "PUT", "/api/config", change, {"Host": "rebound.example:%d" % web.port})
+    assert status == 403 and "loopback" in result["error"]
+    assert call(web, "PUT", "/api/config", change)[0] == 200
+
+
+def test_preview_reads_the_current_frame_with_the_given_settings_and_saves_nothing(serve):
+    web, pipeline, _, path, labels = serve()
+    before = path.read_bytes()
+    boxes = boxes_payload(("left", 100, 140, 200, 200), ("right", 340, 140, 200, 200))
+    status, _, result = call(web, "POST", "/api/preview?frame=1", {"roi": {"boxes": boxes}})
+    assert status == 200, result
+    assert result["frame"]["jpeg"].startswith("data:image/jpeg;base64,")
+    assert result["frame"]["width"] == 640 and [r["digit"] for r in result["rois"]] == labels
+    assert len(result["rois"][0]["tensor"]) == 28 and result["rois"][0]["crop"].startswith("data:image/jpeg")
+    tensors = {}
+    for level in (40, 200):
+        query = "?preprocess.threshold=fixed&preprocess.fixed_threshold=%d" % level
+        status, _, result = call(web, "GET", "/api/preview" + query)
+        assert status == 200
+        tensors[level] = result["rois"][0]["tensor"]
+    assert tensors[40] != tensors[200], "the threshold level changes what the network sees"
+    status, _, result = call(web, "GET", "/api/preview?preprocess.blur_kernel=99&mqtt.port=1")
+    assert status == 400 and "only roi, preprocess and postprocess" in result["error"]
+    status, _, result = call(web, "GET", "/api/preview?preprocess.blur_kernel=99")
+    assert status == 400 and result["errors"] == ["preprocess.blur_kernel: 99 is above the maximum 31"]
+    assert path.read_bytes() == before and pipeline.config.preprocess.threshold == "otsu"
+
+
+def test_the_setup_page_and_the_raw_frame_are_served(serve):
+    web, _, _, _, _ = serve()
+    url = "http://127.0.0.1:%d" % web.port
+    with urllib.request.urlopen(url + "/setup", timeout=10) as response:
+        page = response.read().decode()
+    assert "digitd setup on desk-01" in page and 'id="stage"' in page
+    with urllib.request.urlopen(url + "/snapshot.jpg?raw=1", timeout=10) as response:
+        assert response.headers["Content-Type"] == "image/jpeg" and int(response.headers["X-Frame-Index"]) > 0
