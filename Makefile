@@ -172,6 +172,8 @@ install:
 	install -m 0644 systemd/digitd.sysusers $(DESTDIR)$(SYSUSERSDIR)/digitd.conf
 	@if [ -z "$(DESTDIR)" ]; then \
 	  systemd-sysusers $(SYSUSERSDIR)/digitd.conf; \
+	  chgrp digitd $(SYSCONFDIR)/digitd $(SYSCONFDIR)/digitd/config.yaml; \
+	  chmod g+w $(SYSCONFDIR)/digitd $(SYSCONFDIR)/digitd/config.yaml; \
 	  $(PYTHON) -m venv --system-site-packages $(PREFIX)/.venv; \
 	  if [ "$(INSTALL_REQUIREMENTS)" = requirements/jetson.txt ]; then \
 	    $(PREFIX)/.venv/bin/python -m pip install --quiet --upgrade pip==21.3.1; \

@@ -42,6 +42,7 @@ def test_install_lays_out_code_config_unit_and_user(tmp_path):
         "PrivateTmp=yes",
         "StateDirectory=digitd",
         "ReadOnlyPaths=/opt/digitd",
+        "ReadWritePaths=-/etc/digitd",
     ):
         assert line in unit.splitlines(), line
     assert "u digitd" in (tmp_path / "usr/lib/sysusers.d/digitd.conf").read_text()
