@@ -367,6 +367,15 @@ def markdown(report):
                 r["startup_to_first_prediction_s"],
             )
         )
+    if report.get("modes"):
+        from bench import modes
+
+        lines += [
+            "",
+            "## ROI modes (the daemon's reader in one process, interleaved)",
+            "",
+            modes.markdown(report["modes"]),
+        ]
     sources = report.get("sources", [])
     if sources:
         single = sources[0]["cpu_ms_per_frame"]
@@ -529,6 +538,10 @@ def main(args):
     report["paced"] = bench_paced(digits, backends)
     report["growth"] = bench_growth(digits)
     report["sources"] = bench_sources(digits)
+    from bench import modes
+
+    print("ROI modes: CPU ms per frame, interleaved, every ROI a digit", flush=True)
+    report["modes"] = modes.measure(120 if args.full else 60)
     report["targets"] = targets(report)
     report["seconds"] = round(time.time() - started, 1)
     (RESULTS / "bench.json").write_text(json.dumps(report, indent=1) + "\n")

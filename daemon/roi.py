@@ -221,8 +221,13 @@ class SegmentRoi(object):
         self.min_height_fraction = min_height_fraction
         self.max_aspect = max_aspect  # wider than this x height: touching digits, split
         self.work_size = work_size
+        # a camera's next frame shows the same wide blobs: how each was split (cut offsets,
+        # or None when kept whole) is remembered for one frame, by place, size and ink profile
+        self._splits = {}
+        self._splits_next = {}
 
     def extract(self, image):
+        self._splits, self._splits_next = self._splits_next, {}
         gray, ox, oy = _region_gray(image, self.region)
         if gray.size == 0 or min(gray.shape) < 8:
             return []
@@ -382,6 +387,11 @@ class SegmentRoi(object):
                 continue
             pieces = max(2, int(round(w / (0.8 * reference))))
             ink = _in_components(labels[y : y + h, x : x + w], parts).sum(axis=0).astype(np.float64)
+            key = _blob_signature(box, ink, typical)
+            if key in self._splits:
+                self._splits_next[key] = cuts = self._splits[key]
+                out.extend([box] if cuts is None else _split_at(box, cuts))
+                continue
             cuts = [0]
             for k in range(1, pieces):
                 expected = k * w / float(pieces)
@@ -401,10 +411,30 @@ class SegmentRoi(object):
                 else:
                     keep = confidences[0] >= min(confidences[1:])  # one wide digit reads better
                 if keep:
+                    self._splits_next[key] = None
                     out.append(box)
                     continue
+            self._splits_next[key] = [part[0] - x for part in split[1:]]
             out.extend(split)
         return out
+
+
+def _blob_signature(box, ink, typical):
+    """A wide blob as the next frame of a still camera shows it again: its box on a grid of a
+    tenth of a digit's height, and its column ink profile in 12 bins of 4 levels."""
+    step = max(3, typical // 10)
+    x, y, w, h = box[:4]
+    bins = np.array_split(ink, 12) if len(ink) >= 12 else [ink]
+    profile = np.array([b.mean() for b in bins])
+    levels = tuple(int(v) for v in np.minimum(3, 4 * profile / max(profile.max(), 1e-6)))
+    return (x // step, y // step, w // step, h // step) + levels
+
+
+def _split_at(box, cuts):
+    """``box`` cut at the column offsets ``cuts`` (split parts, as _split_wide makes them)."""
+    x, y, w, h, parts = box
+    edges = [0] + list(cuts) + [w]
+    return [[x + a, y, b - a, h, parts, "split"] for a, b in zip(edges[:-1], edges[1:])]
 
 
 GRID_WORK_SIZE = 800  # the grid is searched for in a copy whose longer side is at most this

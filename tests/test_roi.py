@@ -56,3 +56,32 @@ def test_a_cameras_grid_is_kept_while_it_stays_and_found_again_when_it_moves(mni
     _, moved = extractor.extract_grid(moved_image)
     for (fx, fy), (mx, my) in zip(found, moved):
         assert abs(mx - fx - 40) < 5 and abs(my - fy - 25) < 5, (found, moved)
+
+
+def test_a_cameras_touching_digits_are_split_once_and_the_split_kept_on_the_next_frames(reader, mnist_test):
+    images, labels = mnist_test
+    sheet = synthetic.paper(np.random.default_rng(3), 420, 200)
+    first, second = synthetic.mnist_glyph(images[3], 90), synthetic.mnist_glyph(images[5], 90)
+    synthetic.ink(sheet, first, 120, 55, 0.9)
+    synthetic.ink(sheet, second, 120 + first.shape[1] - 6, 55, 0.9)  # touching: one blob
+    calls = []
+
+    def classifier(crops):
+        calls.append(len(crops))
+        return reader.crop_confidences(crops)
+
+    extractor = roi.SegmentRoi(classifier=classifier)
+    readings = []
+    for seed in range(3):
+        noisy = np.clip(sheet + np.random.default_rng(seed).normal(0, 2.0, sheet.shape), 0, 255).astype(
+            np.uint8
+        )
+        regions = extractor.extract(noisy)
+        readings.append([r.box for r in regions])
+    assert len(readings[0]) == 2, readings  # the blob was split into its two digits ...
+    assert calls and len(calls) == 1, calls  # ... asking the classifier on the first frame only
+    assert readings[1] == readings[0] and readings[2] == readings[0]
+    number = reader.read_still(
+        cv2.cvtColor(sheet, cv2.COLOR_GRAY2BGR) if sheet.ndim == 2 else sheet, "segment"
+    )
+    assert number["number"] == "%d%d" % (labels[3], labels[5])
