@@ -180,6 +180,13 @@ _BOX = Schema(
         "y": Field(int, 0, "top edge, pixels", minimum=0),
         "w": Field(int, 0, "width, pixels", minimum=1),
         "h": Field(int, 0, "height, pixels", minimum=1),
+        "polarity": Field(
+            str,
+            "auto",
+            "this box's ink: auto (preprocess.polarity), dark_on_light or light_on_dark "
+            "(a meter's drums: white digits on black, black or red on white)",
+            choices=("auto", "dark_on_light", "light_on_dark"),
+        ),
     }
 )
 
@@ -220,8 +227,9 @@ ROI = Schema(
         "mode": Field(
             str,
             "center",
-            "center, boxes, segment (numbers) or grid (sudoku, forms)",
-            choices=("center", "boxes", "segment", "grid"),
+            "center, full (the whole frame as one digit), boxes (each box read whole as one digit), "
+            "segment (numbers) or grid (sudoku, forms)",
+            choices=("center", "full", "boxes", "segment", "grid"),
             live=True,
         ),
         "region": Schema(

@@ -91,7 +91,15 @@ class Reader(object):
         else:
             rois = extractor.extract(image)
         # a box clipped away by the frame edge (the ROI stage warns once) prepares as empty
-        return PreparedImage(rois, [preprocess.prepare(r.crop, self.params) for r in rois], outline)
+        return PreparedImage(rois, [preprocess.prepare(r.crop, self._params_for(r)) for r in rois], outline)
+
+    def _params_for(self, region):
+        """The preprocess settings of one ROI: a box with its own polarity overrides the section's."""
+        if region.polarity is None or region.polarity == self.params.polarity:
+            return self.params
+        values = dict(vars(self.params))
+        values["polarity"] = region.polarity
+        return preprocess.PreprocessParams(**values)
 
     def infer(self, prepared):
         """The non-empty prepared crops through the backend in one call; per crop, its
@@ -128,8 +136,8 @@ class Reader(object):
     # -- stills ------------------------------------------------------------------------------
     def read_still(self, image, roi_mode="center"):
         """Read a photo: the ``predict`` JSON object (``number``, ``digits``; ``grid`` and
-        ``outline`` for grids). ``center`` reads the largest centred square as one digit; the
-        other modes use this reader's ROI settings (grid size, region, boxes, max digits)."""
+        ``outline`` for grids). ``center`` reads the largest centred square as one digit,
+        ``full`` the whole image whatever its shape; the other modes use this reader's ROI settings (grid size, region, boxes, max digits)."""
         gray = preprocess.to_gray(image)
         scale = min(1.0, float(MAX_STILL_SIDE) / max(gray.shape[:2]))
         if scale < 1.0:
@@ -143,7 +151,7 @@ class Reader(object):
         if roi_mode == "grid":
             prepared, rows = self._upright_grid(prepared, rows)
         readings = self.readings(prepared, rows)
-        if roi_mode == "center" and not prepared.prepared[0].empty:
+        if roi_mode in ("center", "full") and not prepared.prepared[0].empty:
             # the ink inside the square, in image coordinates
             reading, ink_box = readings[0], prepared.prepared[0].ink_box
             reading.box = (reading.box[0] + ink_box[0], reading.box[1] + ink_box[1]) + tuple(ink_box[2:])

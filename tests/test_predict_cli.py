@@ -212,3 +212,29 @@ def fonts_for_tests():
     if not found:
         pytest.fail("fonts-freefont-ttf is needed (make test installs it)")
     return found
+
+
+def tall_digit(digit, height=96, width=60, ink=20, paper=230):
+    """A digit filling a tall box, as a meter's drum shows it in its window."""
+    image = np.full((height, width), paper, np.uint8)
+    scale = (height * 0.7) / cv2.getTextSize(str(digit), cv2.FONT_HERSHEY_DUPLEX, 1.0, 2)[0][1]
+    thickness = max(2, int(scale * 1.2))
+    (w, h), _ = cv2.getTextSize(str(digit), cv2.FONT_HERSHEY_DUPLEX, scale, thickness)
+    origin = ((width - w) // 2, (height + h) // 2)
+    cv2.putText(image, str(digit), origin, cv2.FONT_HERSHEY_DUPLEX, scale, ink, thickness, cv2.LINE_AA)
+    return image
+
+
+def test_roi_full_reads_a_tall_box_whole_as_one_digit(tmp_path):
+    paths = []
+    for digit in (2, 3, 5, 8):
+        path = tmp_path / ("%d.png" % digit)
+        cv2.imwrite(str(path), tall_digit(digit))
+        paths.append(path)
+    full = run_cli("predict", "--roi", "full", "--json", *paths)
+    assert full.returncode == 0, full.stderr
+    results = [json.loads(line) for line in full.stdout.splitlines()]
+    assert [len(r["digits"]) for r in results] == [1, 1, 1, 1]
+    assert [r["number"] for r in results] == ["2", "3", "5", "8"]
+    # the ink found spans more of the height than the centre square (60 px) could hold
+    assert all(r["digits"][0]["box"][3] > 60 for r in results)
