@@ -91,8 +91,8 @@ train: $(STAMP) train-fonts
 	$(PY) -m engine_build.train --output models/digits.keras
 
 baselines: $(STAMP)
-	$(PY) -m engine_build.train --arch seed001 --font-variants 0 --marks 0 --output models/baselines/seed001.keras
-	$(PY) -m engine_build.train --arch mlp --font-variants 0 --marks 0 --output models/baselines/mlp.keras
+	$(PY) -m engine_build.train --arch seed001 --font-variants 0 --marks 0 --meter-digits 0 --output models/baselines/seed001.keras
+	$(PY) -m engine_build.train --arch mlp --font-variants 0 --marks 0 --meter-digits 0 --output models/baselines/mlp.keras
 
 export: $(STAMP)
 	$(PY) -m engine_build.export_onnx --model models/digits.keras --output models/digits.onnx
