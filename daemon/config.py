@@ -248,6 +248,49 @@ ROI = Schema(
         "grid_locate": Field(bool, True, "grid: find the grid's outer frame and undo perspective", live=True),
         "size": Field(int, 200, "side of the centre square, pixels", minimum=8, live=True),
         "boxes": Field(ListOf(_BOX), [], "fixed boxes (mode boxes): id, x, y, w, h", live=True),
+        "meter": Schema(
+            {
+                "enabled": Field(
+                    bool,
+                    False,
+                    "the boxes (mode boxes, most significant digit first) are a meter's digits: "
+                    "one checked value per frame, published as meter (see daemon/meter.py)",
+                    live=True,
+                ),
+                "decimals": Field(int, 0, "digits after the decimal point", minimum=0, maximum=12, live=True),
+                "allow_decrease": Field(
+                    bool, False, "accept a value below the last good one (else: negative rate)", live=True
+                ),
+                "max_rate": Field(
+                    float,
+                    0.0,
+                    "largest plausible rise in units per hour, plus one step of the last digit "
+                    "(0 = no limit; above: rate too high)",
+                    minimum=0.0,
+                    live=True,
+                ),
+                "state_file": Field(
+                    str,
+                    "",
+                    "keeps the last good value across restarts (default $STATE_DIRECTORY/meter.json, "
+                    "or meter-<source>.json with several cameras; systemd's StateDirectory=digitd)",
+                    live=True,
+                ),
+                "device_class": Field(
+                    str,
+                    "water",
+                    "what it measures, for Home Assistant: water, gas or energy",
+                    choices=("water", "gas", "energy"),
+                    live=True,
+                ),
+                "unit": Field(
+                    str,
+                    "",
+                    "unit for Home Assistant (default m³ for water and gas, kWh for energy)",
+                    live=True,
+                ),
+            }
+        ),
     }
 )
 
@@ -572,6 +615,16 @@ def _check_roi(roi, prefix, check):
         roi.mode != "boxes" or roi.boxes,
         (prefix + ".mode", prefix + ".boxes"),
         "%s.boxes: mode boxes needs at least one box" % prefix,
+    )
+    check(
+        not roi.meter.enabled or (roi.mode == "boxes" and roi.boxes),
+        (prefix + ".mode", prefix + ".boxes", prefix + ".meter.enabled"),
+        "%s.meter.enabled: a meter reads roi.mode boxes (its digits, most significant first)" % prefix,
+    )
+    check(
+        not roi.meter.enabled or roi.meter.decimals <= len(roi.boxes),
+        (prefix + ".meter.decimals", prefix + ".boxes"),
+        "%s.meter.decimals: more decimals than boxes" % prefix,
     )
     seen = set()
     for index, box in enumerate(roi.boxes):

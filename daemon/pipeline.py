@@ -18,7 +18,7 @@ import logging
 import threading
 import time
 
-from daemon import backends, postprocess, publish, sources
+from daemon import backends, meter, postprocess, publish, sources
 from daemon import config as config_module
 from daemon.batching import DynamicBatcher
 from daemon.reader import Reader
@@ -38,6 +38,8 @@ class Camera(object):
         self.reader = None
         self.smoother = None
         self.last_state = None
+        self.meter = None  # a daemon.meter.Meter when roi.meter is enabled
+        self.last_meter = None
         self.latest_view = None
         self.frames_in = 0
         self.frames_out = 0
@@ -130,6 +132,7 @@ class Pipeline(object):
             camera.roi_settings = by_id.get(camera.id, camera.roi_settings)
             camera.reader = Reader.from_config(config, self.backend, self._infer_lock, camera.roi_settings)
             camera.smoother = postprocess.Smoother(config.postprocess.smoothing_frames)
+            camera.meter = meter.for_camera(camera.meter, camera.roi_settings, camera.id)
         self.reader = self.cameras[0].reader
 
     def describe(self):
@@ -371,8 +374,12 @@ class Pipeline(object):
         if camera.id is not None:
             payload["source"] = camera.id
         payload.update(Reader.frame_payload(readings))
+        if camera.meter is not None:
+            payload["meter"] = camera.meter.update(readings, frame.timestamp)
         self.publisher.publish(camera.topic("prediction"), payload)
         self._publish_state_on_change(camera, frame, readings)
+        if camera.meter is not None:
+            self._publish_meter_on_change(camera, frame, payload["meter"])
         self.stats.observe_output(latency_ms)
         camera.frames_out += 1
         camera.last_output = self.stats.last_output
@@ -393,6 +400,15 @@ class Pipeline(object):
         payload["number"] = postprocess.compose_number(state_readings)
         payload["rois"] = [{"id": r.roi_id, "digit": r.digit} for r in state_readings]
         self.publisher.publish(camera.topic("state"), payload, qos=1, retain=True)
+
+    def _publish_meter_on_change(self, camera, frame, reading):
+        """The meter's checked value, retained on ``meter``, when value or status change."""
+        key = (reading["value"], reading["status"])
+        if key == camera.last_meter:
+            return
+        camera.last_meter = key
+        payload = meter.state_payload(self.config.device_id, frame.timestamp, reading, camera.id)
+        self.publisher.publish(camera.topic("meter"), payload, qos=1, retain=True)
 
     # -- stats -------------------------------------------------------------------------------
     def _stats_loop(self):
