@@ -413,6 +413,13 @@ SCHEMA = Schema(
                 "host": Field(str, "localhost", "broker host"),
                 "port": Field(int, 1883, "broker port", minimum=1, maximum=65535),
                 "prefix": Field(str, "digitd", "topic prefix"),
+                "homeassistant": Field(
+                    bool,
+                    False,
+                    "announce one device with a sensor per reading to Home Assistant (MQTT discovery, "
+                    "retained config messages; availability follows <prefix>/<device_id>/availability)",
+                ),
+                "discovery_prefix": Field(str, "homeassistant", "Home Assistant's discovery prefix"),
                 "client_id": Field(str, "", "MQTT client id (default digitd-<device_id>)"),
                 "keepalive_s": Field(int, 30, "keepalive interval", minimum=5, maximum=3600),
                 "qos": Field(int, 1, "QoS of prediction messages", choices=(0, 1, 2)),

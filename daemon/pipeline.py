@@ -18,7 +18,7 @@ import logging
 import threading
 import time
 
-from daemon import backends, meter, postprocess, publish, sources
+from daemon import backends, homeassistant, meter, postprocess, publish, sources
 from daemon import config as config_module
 from daemon.batching import DynamicBatcher
 from daemon.reader import Reader
@@ -121,6 +121,7 @@ class Pipeline(object):
         self._apply_reading_settings(self.config)
         self.publisher = self.publisher or publish.create_publisher(self.config.mqtt, self.config.device_id)
         self.publisher.start()
+        homeassistant.announce(self.publisher, self.config)  # mqtt.homeassistant: discovery, retained
         for camera in self.cameras:
             camera.source = (camera.source or sources.create_source(camera.settings)).start()
         self.ready_since = time.monotonic()
