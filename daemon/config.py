@@ -248,6 +248,25 @@ ROI = Schema(
         "grid_locate": Field(bool, True, "grid: find the grid's outer frame and undo perspective", live=True),
         "size": Field(int, 200, "side of the centre square, pixels", minimum=8, live=True),
         "boxes": Field(ListOf(_BOX), [], "fixed boxes (mode boxes): id, x, y, w, h", live=True),
+        "align": Schema(
+            {
+                "reference": Field(
+                    str,
+                    "",
+                    "a saved frame in whose pixels the boxes are drawn: each frame is registered to it "
+                    "before cropping (a camera that moved still crops the digits); empty = off",
+                    live=True,
+                ),
+                "min_score": Field(
+                    float,
+                    0.6,
+                    "a frame correlating less with the reference is reported as not aligned, not read",
+                    minimum=0.0,
+                    maximum=1.0,
+                    live=True,
+                ),
+            }
+        ),
         "meter": Schema(
             {
                 "enabled": Field(
@@ -632,6 +651,11 @@ def _check_roi(roi, prefix, check):
         not roi.meter.enabled or roi.meter.decimals <= len(roi.boxes),
         (prefix + ".meter.decimals", prefix + ".boxes"),
         "%s.meter.decimals: more decimals than boxes" % prefix,
+    )
+    check(
+        not roi.align.reference or os.path.isfile(roi.align.reference),
+        (prefix + ".align.reference",),
+        "%s.align.reference: no such file %s" % (prefix, roi.align.reference),
     )
     seen = set()
     for index, box in enumerate(roi.boxes):

@@ -30,7 +30,8 @@ NEGATIVE_RATE = "negative rate"
 RATE_TOO_HIGH = "rate too high"
 IN_TRANSITION = "digit in transition"
 UNREAD = "unread digit"
-STATUSES = (OK, NEGATIVE_RATE, RATE_TOO_HIGH, IN_TRANSITION, UNREAD)
+NOT_ALIGNED = "not aligned"
+STATUSES = (OK, NEGATIVE_RATE, RATE_TOO_HIGH, IN_TRANSITION, UNREAD, NOT_ALIGNED)
 DEFAULT_STATE_DIRECTORY = "/var/lib/digitd"  # systemd's StateDirectory=digitd
 
 
@@ -79,8 +80,11 @@ class Meter(object):
         self._save_failed = False
         self._load()
 
-    def update(self, readings, ts):
-        """Check one frame's readings (the boxes in order); return the ``meter`` payload."""
+    def update(self, readings, ts, aligned=True):
+        """Check one frame's readings (the boxes in order); return the ``meter`` payload.
+        A frame not aligned to the reference (``roi.align``) is not read."""
+        if not aligned or not readings:
+            return {"value": self.value, "reading": None, "status": NOT_ALIGNED if not aligned else UNREAD}
         digits, status = resolve_transitions(readings, self.digits)
         reading = None
         if digits is not None:

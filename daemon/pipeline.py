@@ -375,8 +375,11 @@ class Pipeline(object):
         if camera.id is not None:
             payload["source"] = camera.id
         payload.update(Reader.frame_payload(readings))
+        aligned = queued.image.alignment is None or queued.image.alignment["ok"]
+        if queued.image.alignment is not None:
+            payload["alignment"] = queued.image.alignment  # roi.align
         if camera.meter is not None:
-            payload["meter"] = camera.meter.update(readings, frame.timestamp)
+            payload["meter"] = camera.meter.update(readings, frame.timestamp, aligned)
         self.publisher.publish(camera.topic("prediction"), payload)
         self._publish_state_on_change(camera, frame, readings)
         if camera.meter is not None:

@@ -15,7 +15,7 @@ import threading
 import cv2
 import numpy as np
 
-from daemon import backends, postprocess, preprocess, roi
+from daemon import align, backends, postprocess, preprocess, roi
 
 # A still is read at most this many pixels on its longer side: no mode needs more (the grid is
 # searched at 800 px, numbers at 960 px, a crop at 128 px); boxes are scaled back.
@@ -27,12 +27,13 @@ UPRIGHT_MARGIN = 0.05
 class PreparedImage(object):
     """An image's ROIs and their prepared crops (``outline``: the grid's corners, if found)."""
 
-    __slots__ = ("rois", "prepared", "outline", "crop_count")
+    __slots__ = ("rois", "prepared", "outline", "crop_count", "alignment")
 
-    def __init__(self, rois, prepared, outline=None):
+    def __init__(self, rois, prepared, outline=None, alignment=None):
         self.rois = rois
         self.prepared = prepared
         self.outline = outline
+        self.alignment = alignment  # roi.align: the daemon.align report (ok, dx, dy, angle, score)
         self.crop_count = sum(1 for p in prepared if not p.empty)
 
 
@@ -49,6 +50,7 @@ class Reader(object):
         self.backend = backend
         self.lock = lock if lock is not None else threading.Lock()
         self.extractor = self._extractor(roi_settings.mode)
+        self.aligner = align.create(roi_settings.align) if hasattr(roi_settings, "align") else None
 
     @classmethod
     def from_config(cls, config, backend=None, lock=None, roi_settings=None):
@@ -83,7 +85,19 @@ class Reader(object):
 
     # -- the stages --------------------------------------------------------------------------
     def prepare(self, image, extractor=None):
-        """ROIs -> crops -> tensors (no inference): what the capture thread does per frame."""
+        """ROIs -> crops -> tensors (no inference): what the capture thread does per frame.
+        With ``roi.align`` a camera frame is first registered to the reference; one that
+        cannot be has its ROIs prepared as empty (reported, not read)."""
+        alignment = None
+        if extractor is None and self.aligner is not None:
+            aligned, alignment = self.aligner.align(image)
+            if aligned is None:
+                rois = self.extractor.extract(image)
+                reason = "frame not aligned to the reference"
+                return PreparedImage(
+                    rois, [preprocess.PreparedCrop(_blank(), True, reason) for _ in rois], None, alignment
+                )
+            image = aligned
         extractor = extractor or self.extractor
         outline = None
         if isinstance(extractor, roi.GridRoi):
@@ -91,7 +105,8 @@ class Reader(object):
         else:
             rois = extractor.extract(image)
         # a box clipped away by the frame edge (the ROI stage warns once) prepares as empty
-        return PreparedImage(rois, [preprocess.prepare(r.crop, self._params_for(r)) for r in rois], outline)
+        prepared = [preprocess.prepare(r.crop, self._params_for(r)) for r in rois]
+        return PreparedImage(rois, prepared, outline, alignment)
 
     def _params_for(self, region):
         """The preprocess settings of one ROI: a box with its own polarity overrides the section's."""
@@ -200,6 +215,11 @@ class Reader(object):
             [turned_regions[i] for i in order], [prepared.prepared[i] for i in order], prepared.outline
         )
         return turned, [rows[i] for i in order]
+
+
+def _blank():
+    size = preprocess.INPUT_SIZE
+    return np.zeros((size, size, 1), preprocess.INPUT_DTYPE)
 
 
 def _mean_confidence(probability_rows):
