@@ -30,7 +30,7 @@ PY36_TESTS := tests/test_batching.py tests/test_config.py tests/test_daemon_mqtt
 	tests/test_pipeline_in_process.py tests/test_web.py tests/test_outbox.py tests/test_notify.py \
 	tests/test_publisher_in_process.py tests/test_several_cameras.py
 
-.PHONY: help setup gstreamer-env py36-env jetson-check mosquitto browser fonts train-fonts soak data train baselines export eval eval-real test check lint demo build-engine install uninstall bench clean
+.PHONY: help setup gstreamer-env py36-env jetson-check mosquitto browser fonts train-fonts soak data train baselines export eval eval-real eval-meters test check lint demo build-engine install uninstall bench clean
 
 help:
 	@echo "make demo          run the daemon on the bundled sample video (CPU) and print what MQTT receives"
@@ -45,6 +45,7 @@ help:
 	@echo "make export        Keras -> ONNX (opset 13) + FP16 ONNX + sidecars"
 	@echo "make eval          accuracy, per-class table and confusion matrices"
 	@echo "make eval-real     read the 160 real sudoku photos in ../shared: figures + failure images"
+	@echo "make eval-meters   read held-out meter digits made here (FreeFont drums, seven segments, transitions)"
 	@echo "make build-engine  ONNX -> TensorRT engine (on the Jetson)"
 	@echo "make jetson-check  what this device has (L4T, TensorRT, CUDA, OpenCV+GStreamer, pycuda, cameras)"
 	@echo "make install       install under PREFIX=$(PREFIX) with the systemd unit (DESTDIR supported)"
@@ -93,8 +94,8 @@ train: $(STAMP) train-fonts
 	$(PY) -m engine_build.train --output models/digits.keras
 
 baselines: $(STAMP)
-	$(PY) -m engine_build.train --arch seed001 --font-variants 0 --marks 0 --output models/baselines/seed001.keras
-	$(PY) -m engine_build.train --arch mlp --font-variants 0 --marks 0 --output models/baselines/mlp.keras
+	$(PY) -m engine_build.train --arch seed001 --font-variants 0 --marks 0 --meter-digits 0 --output models/baselines/seed001.keras
+	$(PY) -m engine_build.train --arch mlp --font-variants 0 --marks 0 --meter-digits 0 --output models/baselines/mlp.keras
 
 export: $(STAMP)
 	$(PY) -m engine_build.export_onnx --model models/digits.keras --output models/digits.onnx
@@ -104,6 +105,13 @@ eval: $(STAMP)
 
 eval-real: $(STAMP)
 	$(PY) -m engine_build.eval_real
+
+eval-meters: $(STAMP) fonts
+	$(PY) -m engine_build.eval_meters
+
+samples/meter.mp4:
+	$(MAKE) $(STAMP) fonts
+	$(PY) -m engine_build.make_meter_video --output $@
 
 samples/demo.mp4:
 	$(MAKE) $(STAMP)

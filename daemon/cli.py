@@ -55,8 +55,9 @@ def build_parser():
     predict.add_argument(
         "--roi",
         default="center",
-        choices=("center", "boxes", "segment", "grid"),
-        help="center: one digit; segment: numbers (lines); grid: a sudoku or form (roi.grid_rows x "
+        choices=("center", "full", "boxes", "segment", "grid"),
+        help="center: one digit in the largest centred square; full: each whole image as one digit "
+        "(e.g. a meter digit's box); segment: numbers (lines); grid: a sudoku or form (roi.grid_rows x "
         "roi.grid_cols, 9x9 by default); boxes: the config's roi.boxes. -c gives the ROI settings",
     )
     predict.add_argument("--json", action="store_true", help="one JSON object per image")

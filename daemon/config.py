@@ -180,6 +180,13 @@ _BOX = Schema(
         "y": Field(int, 0, "top edge, pixels", minimum=0),
         "w": Field(int, 0, "width, pixels", minimum=1),
         "h": Field(int, 0, "height, pixels", minimum=1),
+        "polarity": Field(
+            str,
+            "auto",
+            "this box's ink: auto (preprocess.polarity), dark_on_light or light_on_dark "
+            "(a meter's drums: white digits on black, black or red on white)",
+            choices=("auto", "dark_on_light", "light_on_dark"),
+        ),
     }
 )
 
@@ -220,8 +227,9 @@ ROI = Schema(
         "mode": Field(
             str,
             "center",
-            "center, boxes, segment (numbers) or grid (sudoku, forms)",
-            choices=("center", "boxes", "segment", "grid"),
+            "center, full (the whole frame as one digit), boxes (each box read whole as one digit), "
+            "segment (numbers) or grid (sudoku, forms)",
+            choices=("center", "full", "boxes", "segment", "grid"),
             live=True,
         ),
         "region": Schema(
@@ -240,6 +248,68 @@ ROI = Schema(
         "grid_locate": Field(bool, True, "grid: find the grid's outer frame and undo perspective", live=True),
         "size": Field(int, 200, "side of the centre square, pixels", minimum=8, live=True),
         "boxes": Field(ListOf(_BOX), [], "fixed boxes (mode boxes): id, x, y, w, h", live=True),
+        "align": Schema(
+            {
+                "reference": Field(
+                    str,
+                    "",
+                    "a saved frame in whose pixels the boxes are drawn: each frame is registered to it "
+                    "before cropping (a camera that moved still crops the digits); empty = off",
+                    live=True,
+                ),
+                "min_score": Field(
+                    float,
+                    0.6,
+                    "a frame correlating less with the reference is reported as not aligned, not read",
+                    minimum=0.0,
+                    maximum=1.0,
+                    live=True,
+                ),
+            }
+        ),
+        "meter": Schema(
+            {
+                "enabled": Field(
+                    bool,
+                    False,
+                    "the boxes (mode boxes, most significant digit first) are a meter's digits: "
+                    "one checked value per frame, published as meter (see daemon/meter.py)",
+                    live=True,
+                ),
+                "decimals": Field(int, 0, "digits after the decimal point", minimum=0, maximum=12, live=True),
+                "allow_decrease": Field(
+                    bool, False, "accept a value below the last good one (else: negative rate)", live=True
+                ),
+                "max_rate": Field(
+                    float,
+                    0.0,
+                    "largest plausible rise in units per hour, plus one step of the last digit "
+                    "(0 = no limit; above: rate too high)",
+                    minimum=0.0,
+                    live=True,
+                ),
+                "state_file": Field(
+                    str,
+                    "",
+                    "keeps the last good value across restarts (default $STATE_DIRECTORY/meter.json, "
+                    "or meter-<source>.json with several cameras; systemd's StateDirectory=digitd)",
+                    live=True,
+                ),
+                "device_class": Field(
+                    str,
+                    "water",
+                    "what it measures, for Home Assistant: water, gas or energy",
+                    choices=("water", "gas", "energy"),
+                    live=True,
+                ),
+                "unit": Field(
+                    str,
+                    "",
+                    "unit for Home Assistant (default m³ for water and gas, kWh for energy)",
+                    live=True,
+                ),
+            }
+        ),
     }
 )
 
@@ -387,6 +457,13 @@ SCHEMA = Schema(
                 "host": Field(str, "localhost", "broker host"),
                 "port": Field(int, 1883, "broker port", minimum=1, maximum=65535),
                 "prefix": Field(str, "digitd", "topic prefix"),
+                "homeassistant": Field(
+                    bool,
+                    False,
+                    "announce one device with a sensor per reading to Home Assistant (MQTT discovery, "
+                    "retained config messages; availability follows <prefix>/<device_id>/availability)",
+                ),
+                "discovery_prefix": Field(str, "homeassistant", "Home Assistant's discovery prefix"),
                 "client_id": Field(str, "", "MQTT client id (default digitd-<device_id>)"),
                 "keepalive_s": Field(int, 30, "keepalive interval", minimum=5, maximum=3600),
                 "qos": Field(int, 1, "QoS of prediction messages", choices=(0, 1, 2)),
@@ -589,6 +666,21 @@ def _check_roi(roi, prefix, check):
         roi.mode != "boxes" or roi.boxes,
         (prefix + ".mode", prefix + ".boxes"),
         "%s.boxes: mode boxes needs at least one box" % prefix,
+    )
+    check(
+        not roi.meter.enabled or (roi.mode == "boxes" and roi.boxes),
+        (prefix + ".mode", prefix + ".boxes", prefix + ".meter.enabled"),
+        "%s.meter.enabled: a meter reads roi.mode boxes (its digits, most significant first)" % prefix,
+    )
+    check(
+        not roi.meter.enabled or roi.meter.decimals <= len(roi.boxes),
+        (prefix + ".meter.decimals", prefix + ".boxes"),
+        "%s.meter.decimals: more decimals than boxes" % prefix,
+    )
+    check(
+        not roi.align.reference or os.path.isfile(roi.align.reference),
+        (prefix + ".align.reference",),
+        "%s.align.reference: no such file %s" % (prefix, roi.align.reference),
     )
     seen = set()
     for index, box in enumerate(roi.boxes):

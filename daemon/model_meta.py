@@ -5,15 +5,19 @@ import json
 import os
 
 # Classes 0-9 are the digits; models trained with marks (engine_build.marks) have an 11th,
-# "not a digit", for lines, corners, blobs and texture that sit where a digit could be.
+# "not a digit", for lines, corners, blobs and texture that sit where a digit could be;
+# models trained with meter digits (engine_build.meter_digits) a 12th, "digit in
+# transition", for a counter drum caught half-way between two digits.
 REJECT_CLASS = 10
-LABELS = [str(digit) for digit in range(10)] + ["not a digit"]
+TRANSITION_CLASS = 11
+LABELS = [str(digit) for digit in range(10)] + ["not a digit", "digit in transition"]
 
 
 def labels_for(classes):
-    """The labels of a model with ``classes`` outputs (10: digits only, 11: with reject)."""
-    if classes not in (10, 11):
-        raise ModelMetadataError("a digit model has 10 or 11 outputs, this one has %d" % classes)
+    """The labels of a model with ``classes`` outputs (10: digits only, 11: with reject,
+    12: with reject and transition)."""
+    if classes not in (10, 11, 12):
+        raise ModelMetadataError("a digit model has 10, 11 or 12 outputs, this one has %d" % classes)
     return LABELS[:classes]
 
 

@@ -20,7 +20,7 @@ import time
 
 import cv2
 
-from daemon import backends, postprocess, publish, sources
+from daemon import backends, homeassistant, meter, postprocess, publish, sources
 from daemon import config as config_module
 from daemon.batching import DynamicBatcher
 from daemon.reader import Reader
@@ -40,6 +40,8 @@ class Camera(object):
         self.reader = None
         self.smoother = None
         self.last_state = None
+        self.meter = None  # a daemon.meter.Meter when roi.meter is enabled
+        self.last_meter = None
         self.latest_view = None
         self.frames_in = 0
         self.frames_out = 0
@@ -123,6 +125,7 @@ class Pipeline(object):
         self._apply_reading_settings(self.config)
         self.publisher = self.publisher or publish.create_publisher(self.config.mqtt, self.config.device_id)
         self.publisher.start()
+        homeassistant.announce(self.publisher, self.config)  # mqtt.homeassistant: discovery, retained
         for camera in self.cameras:
             camera.source = (camera.source or sources.create_source(camera.settings)).start()
         self.ready_since = time.monotonic()
@@ -134,6 +137,7 @@ class Pipeline(object):
             camera.roi_settings = by_id.get(camera.id, camera.roi_settings)
             camera.reader = Reader.from_config(config, self.backend, self._infer_lock, camera.roi_settings)
             camera.smoother = postprocess.Smoother(config.postprocess.smoothing_frames)
+            camera.meter = meter.for_camera(camera.meter, camera.roi_settings, camera.id)
         self.reader = self.cameras[0].reader
 
     def describe(self):
@@ -380,8 +384,15 @@ class Pipeline(object):
         if camera.id is not None:
             payload["source"] = camera.id
         payload.update(Reader.frame_payload(readings))
+        aligned = queued.image.alignment is None or queued.image.alignment["ok"]
+        if queued.image.alignment is not None:
+            payload["alignment"] = queued.image.alignment  # roi.align
+        if camera.meter is not None:
+            payload["meter"] = camera.meter.update(readings, frame.timestamp, aligned)
         self.publisher.publish(camera.topic("prediction"), payload)
         self._publish_state_on_change(camera, frame, readings)
+        if camera.meter is not None:
+            self._publish_meter_on_change(camera, frame, payload["meter"])
         self.stats.observe_output(latency_ms)
         camera.frames_out += 1
         camera.last_output = self.stats.last_output
@@ -402,6 +413,15 @@ class Pipeline(object):
         payload["number"] = postprocess.compose_number(state_readings)
         payload["rois"] = [{"id": r.roi_id, "digit": r.digit} for r in state_readings]
         self.publisher.publish(camera.topic("state"), payload, qos=1, retain=True)
+
+    def _publish_meter_on_change(self, camera, frame, reading):
+        """The meter's checked value, retained on ``meter``, when value or status change."""
+        key = (reading["value"], reading["status"])
+        if key == camera.last_meter:
+            return
+        camera.last_meter = key
+        payload = meter.state_payload(self.config.device_id, frame.timestamp, reading, camera.id)
+        self.publisher.publish(camera.topic("meter"), payload, qos=1, retain=True)
 
     # -- stats -------------------------------------------------------------------------------
     def _stats_loop(self):

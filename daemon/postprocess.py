@@ -8,9 +8,9 @@ import numpy as np
 class RoiReading(object):
     """What one ROI read in one frame. ``digit`` is None for no digit / too unsure."""
 
-    __slots__ = ("roi_id", "box", "digit", "confidence", "line", "cell", "mark")
+    __slots__ = ("roi_id", "box", "digit", "confidence", "line", "cell", "mark", "transition")
 
-    def __init__(self, roi_id, box, digit, confidence, line=0, cell=None, mark=False):
+    def __init__(self, roi_id, box, digit, confidence, line=0, cell=None, mark=False, transition=False):
         self.roi_id = roi_id
         self.box = box
         self.digit = digit
@@ -18,37 +18,54 @@ class RoiReading(object):
         self.line = line
         self.cell = cell
         self.mark = mark  # the model called it "not a digit" (a line, a corner, a blob)
+        self.transition = transition  # a counter drum caught between two digits
 
     def as_payload(self):
-        return {
+        payload = {
             "id": self.roi_id,
             "box": [int(v) for v in self.box],
             "digit": self.digit,
             "confidence": round(float(self.confidence), 4),
         }
+        if self.transition:
+            payload["transition"] = True
+        return payload
 
 
 DIGIT_CLASSES = 10  # a model's outputs past the ten digits: "not a digit" (model_meta.REJECT_CLASS)
+TRANSITION_INDEX = 11  # and "digit in transition" (model_meta.TRANSITION_CLASS)
 
 
-def is_mark(probabilities):
-    """Whether a model with the reject class calls this crop "not a digit"."""
-    return len(probabilities) > DIGIT_CLASSES and float(probabilities[DIGIT_CLASSES]) > float(
+def _other_class_wins(probabilities, index):
+    return len(probabilities) > index and float(probabilities[index]) > float(
         np.max(probabilities[:DIGIT_CLASSES])
     )
 
 
+def is_mark(probabilities):
+    """Whether a model with the reject class calls this crop "not a digit"."""
+    return _other_class_wins(probabilities, DIGIT_CLASSES)
+
+
+def is_transition(probabilities):
+    """Whether a model with the transition class calls this crop a drum between two digits."""
+    return _other_class_wins(probabilities, TRANSITION_INDEX)
+
+
 def digit_confidence(probabilities):
-    """The probability of the likeliest digit (0 for a mark that is not a digit)."""
-    return 0.0 if is_mark(probabilities) else float(np.max(probabilities[:DIGIT_CLASSES]))
+    """The probability of the likeliest digit (0 for a mark, or a drum in transition)."""
+    if is_mark(probabilities) or is_transition(probabilities):
+        return 0.0
+    return float(np.max(probabilities[:DIGIT_CLASSES]))
 
 
 def classify(probabilities, min_confidence):
     """Return (digit or None, confidence) for one probability vector: None when the crop is
-    not a digit (reject class) or the likeliest digit is below ``min_confidence``."""
+    not a digit (reject class), a drum in transition, or the likeliest digit is below
+    ``min_confidence``."""
     index = int(np.argmax(probabilities[:DIGIT_CLASSES]))
     confidence = float(probabilities[index])
-    if is_mark(probabilities):
+    if is_mark(probabilities) or is_transition(probabilities):
         return None, confidence
     return (index if confidence >= min_confidence else None), confidence
 
@@ -82,11 +99,12 @@ def compose_grid(readings):
 def reading_for(region, probabilities, min_confidence):
     """The RoiReading of one ROI (id, box, line, cell) from its probability vector;
     ``probabilities`` None (an empty crop) reads as no digit with confidence 0."""
-    digit, confidence, mark = None, 0.0, False
+    digit, confidence, mark, transition = None, 0.0, False, False
     if probabilities is not None:
         digit, confidence = classify(probabilities, min_confidence)
         mark = is_mark(probabilities)
-    return RoiReading(region.id, region.box, digit, confidence, region.line, region.cell, mark)
+        transition = not mark and is_transition(probabilities)
+    return RoiReading(region.id, region.box, digit, confidence, region.line, region.cell, mark, transition)
 
 
 class Smoother(object):

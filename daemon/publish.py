@@ -210,8 +210,12 @@ class MqttPublisher(object):
     # -- publishing ------------------------------------------------------------------------
     def publish(self, kind, payload, qos=None, retain=False):
         """Queue a message for ``<prefix>/<device_id>/<kind>``; never blocks."""
+        self.publish_to(self.topic(kind), payload, qos, retain)
+
+    def publish_to(self, topic, payload, qos=None, retain=False):
+        """Queue a message for any topic (Home Assistant's discovery topics); never blocks."""
         body = encode(payload)
-        message = Message(self.topic(kind), body, self.settings.qos if qos is None else qos, retain)
+        message = Message(topic, body, self.settings.qos if qos is None else qos, retain)
         with self._wake:
             if self._outbox.append(message):
                 self.stats.dropped += 1
@@ -381,8 +385,11 @@ class NullPublisher(object):
         return "%s/%s/%s" % (self.settings.prefix, self.device_id, kind)
 
     def publish(self, kind, payload, qos=None, retain=False):
+        self.publish_to(self.topic(kind), payload, qos, retain)
+
+    def publish_to(self, topic, payload, qos=None, retain=False):
         self.stats.published += 1
-        log.debug("%s %s", self.topic(kind), payload)
+        log.debug("%s %s", topic, payload)
 
     def pending(self):
         return 0

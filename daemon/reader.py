@@ -15,7 +15,7 @@ import threading
 import cv2
 import numpy as np
 
-from daemon import backends, postprocess, preprocess, roi
+from daemon import align, backends, postprocess, preprocess, roi
 
 # A still is read at most this many pixels on its longer side: no mode needs more (the grid is
 # searched at 800 px, numbers at 960 px, a crop at 128 px); boxes are scaled back.
@@ -27,12 +27,13 @@ UPRIGHT_MARGIN = 0.05
 class PreparedImage(object):
     """An image's ROIs and their prepared crops (``outline``: the grid's corners, if found)."""
 
-    __slots__ = ("rois", "prepared", "outline", "crop_count")
+    __slots__ = ("rois", "prepared", "outline", "crop_count", "alignment")
 
-    def __init__(self, rois, prepared, outline=None):
+    def __init__(self, rois, prepared, outline=None, alignment=None):
         self.rois = rois
         self.prepared = prepared
         self.outline = outline
+        self.alignment = alignment  # roi.align: the daemon.align report (ok, dx, dy, angle, score)
         self.crop_count = sum(1 for p in prepared if not p.empty)
 
 
@@ -49,6 +50,7 @@ class Reader(object):
         self.backend = backend
         self.lock = lock if lock is not None else threading.Lock()
         self.extractor = self._extractor(roi_settings.mode)
+        self.aligner = align.create(roi_settings.align) if hasattr(roi_settings, "align") else None
 
     @classmethod
     def from_config(cls, config, backend=None, lock=None, roi_settings=None):
@@ -83,7 +85,19 @@ class Reader(object):
 
     # -- the stages --------------------------------------------------------------------------
     def prepare(self, image, extractor=None):
-        """ROIs -> crops -> tensors (no inference): what the capture thread does per frame."""
+        """ROIs -> crops -> tensors (no inference): what the capture thread does per frame.
+        With ``roi.align`` a camera frame is first registered to the reference; one that
+        cannot be has its ROIs prepared as empty (reported, not read)."""
+        alignment = None
+        if extractor is None and self.aligner is not None:
+            aligned, alignment = self.aligner.align(image)
+            if aligned is None:
+                rois = self.extractor.extract(image)
+                reason = "frame not aligned to the reference"
+                return PreparedImage(
+                    rois, [preprocess.PreparedCrop(_blank(), True, reason) for _ in rois], None, alignment
+                )
+            image = aligned
         extractor = extractor or self.extractor
         outline = None
         if isinstance(extractor, roi.GridRoi):
@@ -91,7 +105,16 @@ class Reader(object):
         else:
             rois = extractor.extract(image)
         # a box clipped away by the frame edge (the ROI stage warns once) prepares as empty
-        return PreparedImage(rois, [preprocess.prepare(r.crop, self.params) for r in rois], outline)
+        prepared = [preprocess.prepare(r.crop, self._params_for(r)) for r in rois]
+        return PreparedImage(rois, prepared, outline, alignment)
+
+    def _params_for(self, region):
+        """The preprocess settings of one ROI: a box with its own polarity overrides the section's."""
+        if region.polarity is None or region.polarity == self.params.polarity:
+            return self.params
+        values = dict(vars(self.params))
+        values["polarity"] = region.polarity
+        return preprocess.PreprocessParams(**values)
 
     def infer(self, prepared):
         """The non-empty prepared crops through the backend in one call; per crop, its
@@ -128,8 +151,8 @@ class Reader(object):
     # -- stills ------------------------------------------------------------------------------
     def read_still(self, image, roi_mode="center"):
         """Read a photo: the ``predict`` JSON object (``number``, ``digits``; ``grid`` and
-        ``outline`` for grids). ``center`` reads the largest centred square as one digit; the
-        other modes use this reader's ROI settings (grid size, region, boxes, max digits)."""
+        ``outline`` for grids). ``center`` reads the largest centred square as one digit,
+        ``full`` the whole image whatever its shape; the other modes use this reader's ROI settings (grid size, region, boxes, max digits)."""
         gray = preprocess.to_gray(image)
         scale = min(1.0, float(MAX_STILL_SIDE) / max(gray.shape[:2]))
         if scale < 1.0:
@@ -143,7 +166,7 @@ class Reader(object):
         if roi_mode == "grid":
             prepared, rows = self._upright_grid(prepared, rows)
         readings = self.readings(prepared, rows)
-        if roi_mode == "center" and not prepared.prepared[0].empty:
+        if roi_mode in ("center", "full") and not prepared.prepared[0].empty:
             # the ink inside the square, in image coordinates
             reading, ink_box = readings[0], prepared.prepared[0].ink_box
             reading.box = (reading.box[0] + ink_box[0], reading.box[1] + ink_box[1]) + tuple(ink_box[2:])
@@ -192,6 +215,11 @@ class Reader(object):
             [turned_regions[i] for i in order], [prepared.prepared[i] for i in order], prepared.outline
         )
         return turned, [rows[i] for i in order]
+
+
+def _blank():
+    size = preprocess.INPUT_SIZE
+    return np.zeros((size, size, 1), preprocess.INPUT_DTYPE)
 
 
 def _mean_confidence(probability_rows):

@@ -18,16 +18,18 @@ log = logging.getLogger(__name__)
 
 class Roi(object):
     """One crop to classify. ``box`` is (x, y, w, h) in frame pixels; ``line`` groups digits
-    into numbers; ``cell`` is (row, col) in grid mode, else None."""
+    into numbers; ``cell`` is (row, col) in grid mode, else None; ``polarity`` overrides the
+    preprocess setting for this crop when set (a box's own ``polarity``)."""
 
-    __slots__ = ("id", "box", "crop", "line", "cell")
+    __slots__ = ("id", "box", "crop", "line", "cell", "polarity")
 
-    def __init__(self, roi_id, box, crop, line=0, cell=None):
+    def __init__(self, roi_id, box, crop, line=0, cell=None, polarity=None):
         self.id = roi_id
         self.box = box
         self.crop = crop
         self.line = line
         self.cell = cell
+        self.polarity = polarity
 
 
 def clip_box(box, width, height):
@@ -56,11 +58,21 @@ class CenterRoi(object):
         return [Roi("center", box, crop_box(image, box))]
 
 
-class BoxesRoi(object):
-    """A fixed list of boxes with ids, clipped to the frame."""
+class FullRoi(object):
+    """The whole image as one digit, whatever its aspect ratio (a meter digit's box)."""
 
-    def __init__(self, boxes):
+    def extract(self, image):
+        height, width = image.shape[:2]
+        return [Roi("full", (0, 0, width, height), image)]
+
+
+class BoxesRoi(object):
+    """A fixed list of boxes with ids, clipped to the frame; each box is read whole as one
+    digit (no centre square), with its own polarity when it has one."""
+
+    def __init__(self, boxes, polarities=None):
         self.boxes = list(boxes)  # [(id, (x, y, w, h))]
+        self.polarities = dict(polarities or {})  # id -> "dark_on_light" / "light_on_dark"
         self._warned = set()
 
     def extract(self, image):
@@ -72,7 +84,7 @@ class BoxesRoi(object):
                 if roi_id not in self._warned:
                     log.warning("ROI %s %s lies outside the %dx%d frame", roi_id, box, width, height)
                     self._warned.add(roi_id)
-            rois.append(Roi(roi_id, clipped, crop_box(image, clipped)))
+            rois.append(Roi(roi_id, clipped, crop_box(image, clipped), polarity=self.polarities.get(roi_id)))
         return rois
 
 
@@ -88,8 +100,11 @@ def create_extractor(settings, mode=None, scale=1.0):
     region = scaled(area.x, area.y, area.w, area.h) if area.w and area.h else None
     if mode == "center":
         return CenterRoi(int(round(settings.size * scale)))
+    if mode == "full":
+        return FullRoi()
     if mode == "boxes":
-        return BoxesRoi([(b.id, scaled(b.x, b.y, b.w, b.h)) for b in settings.boxes])
+        polarities = {b.id: b.polarity for b in settings.boxes if getattr(b, "polarity", "auto") != "auto"}
+        return BoxesRoi([(b.id, scaled(b.x, b.y, b.w, b.h)) for b in settings.boxes], polarities)
     if mode == "segment":
         return SegmentRoi(region, max_digits=settings.max_digits)
     if mode == "grid":

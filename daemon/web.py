@@ -32,7 +32,7 @@ BOUNDARY = "digitdframe"
 MAX_MULTIPART_PARTS = 16  # an upload form has one file and perhaps a few fields
 MAX_CONCURRENT_UPLOADS = 2  # more are answered 503 with Retry-After: the camera comes first
 UPLOAD_PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static", "upload.html")
-STILL_ROI_MODES = ("center", "segment", "grid", "boxes")
+STILL_ROI_MODES = ("center", "full", "segment", "grid", "boxes")  # full: a meter digit photo
 
 
 class UploadsBusy(Exception):

@@ -53,6 +53,33 @@ def build(name, seed=0, classes=10):
     return tf.keras.Model(inputs, outputs, name=name)
 
 
+def with_classes(model, classes):
+    """``model`` (trained) with an output layer of ``classes`` units: the classes it had keep
+    their weights, new ones start from small random weights (fine-tuning a model into one
+    that also knows "not a digit" or "digit in transition")."""
+    import numpy as np
+    import tensorflow as tf
+    from tensorflow.keras import layers
+
+    head = model.get_layer(OUTPUT_NAME)
+    old_kernel, old_bias = head.get_weights()
+    if old_kernel.shape[1] == classes:
+        return model
+    if old_kernel.shape[1] > classes:
+        raise ValueError(
+            "cannot drop classes: the model has %d, asked for %d" % (old_kernel.shape[1], classes)
+        )
+    outputs = layers.Dense(classes, activation="softmax", name=OUTPUT_NAME)(head.input)
+    grown = tf.keras.Model(model.input, outputs, name=model.name)
+    kernel, bias = grown.get_layer(OUTPUT_NAME).get_weights()
+    kernel = kernel * 0.1
+    kernel[:, : old_kernel.shape[1]] = old_kernel
+    bias[: old_bias.shape[0]] = old_bias
+    bias[old_bias.shape[0] :] = np.min(old_bias)
+    grown.get_layer(OUTPUT_NAME).set_weights([kernel, bias])
+    return grown
+
+
 def flops_per_image(model):
     """Multiply-accumulates x 2 of the convolution and dense layers (inference, batch 1)."""
     from tensorflow.keras import layers

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from daemon.model_meta import REJECT_CLASS as REJECT_LABEL
+from daemon.model_meta import TRANSITION_CLASS
 from daemon.preprocess import normalise_uint8
 from engine_build import mnist, models, run_main
 from engine_build.augment import AugmentParams, augment_batch
@@ -47,6 +48,13 @@ def parse_args(argv=None):
         type=int,
         default=4000,
         help="marks that are not digits (lines, corners, blobs, texture) for the reject class (0 = none)",
+    )
+    parser.add_argument(
+        "--meter-digits",
+        type=int,
+        default=24000,
+        help="meter digits (drums, seven segments, drums in transition) from engine_build.meter_digits; "
+        "adds the 'digit in transition' class (0 = none)",
     )
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--init-from", default=None, help="start from this .keras model (fine-tuning)")
@@ -156,13 +164,24 @@ def main(args):
             "added %d marks and touching pairs that are not one digit (class %d)"
             % (len(rejects), REJECT_LABEL)
         )
+    if args.meter_digits:
+        from engine_build import meter_digits
+
+        meters, meter_labels = meter_digits.render_meter_digits(args.meter_digits, rng)
+        fit_images = np.concatenate([fit_images, meters])
+        fit_labels = np.concatenate([fit_labels, meter_labels.astype(fit_labels.dtype)])
+        print(
+            "added %d meter digits, %d of them in transition (class %d)"
+            % (len(meters), int(np.sum(meter_labels == TRANSITION_CLASS)), TRANSITION_CLASS)
+        )
     val_x, val_y = normalise_uint8(train_images[validation_idx]), train_labels[validation_idx]
 
+    classes = TRANSITION_CLASS + 1 if args.meter_digits else 10 + (1 if args.marks else 0)
     if args.init_from:
         tf.keras.utils.set_random_seed(args.seed)
-        model = tf.keras.models.load_model(args.init_from, compile=False)
+        model = models.with_classes(tf.keras.models.load_model(args.init_from, compile=False), classes)
     else:
-        model = models.build(args.arch, seed=args.seed, classes=10 + (1 if args.marks else 0))
+        model = models.build(args.arch, seed=args.seed, classes=classes)
     steps = int(np.ceil(len(fit_images) / float(args.batch_size))) * args.epochs
     schedule = tf.keras.optimizers.schedules.CosineDecay(
         0.0, steps, alpha=0.01, warmup_target=args.learning_rate, warmup_steps=max(1, steps // 15)
@@ -217,6 +236,7 @@ def main(args):
         "printed_digit_fonts": [os.path.basename(f) for f in font_files],
         "font_variants": args.font_variants,
         "reject_marks": args.marks,
+        "meter_digits": args.meter_digits,
         "seed": args.seed,
         "initialised_from": args.init_from,
         "batch_size": args.batch_size,

@@ -57,7 +57,7 @@ def schemas():
     # jsonschema 3.2 (the last for Python 3.6) knows draft 7, which covers what these schemas use.
     validator = getattr(jsonschema, "Draft202012Validator", None) or jsonschema.Draft7Validator
     out = {}
-    for kind in ("prediction", "state", "stats"):
+    for kind in ("prediction", "state", "stats", "meter"):
         schema = json.loads((SCHEMAS / ("%s.schema.json" % kind)).read_text())
         out[kind] = validator(schema)
     return out

@@ -198,3 +198,14 @@ def two_digit_frame(mnist_test, first=0, second=1):
     for index, (x, y, w, h) in zip((first, second), boxes):
         frame[y : y + h, x : x + w] = paper_crop(images[index])
     return cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR), [int(labels[first]), int(labels[second])], boxes
+
+
+def tall_digit(digit, height=96, width=60, ink=20, paper=230):
+    """A digit filling a tall box, as a meter's drum shows it in its window."""
+    image = np.full((height, width), paper, np.uint8)
+    scale = (height * 0.7) / cv2.getTextSize(str(digit), cv2.FONT_HERSHEY_DUPLEX, 1.0, 2)[0][1]
+    thickness = max(2, int(scale * 1.2))
+    (w, h), _ = cv2.getTextSize(str(digit), cv2.FONT_HERSHEY_DUPLEX, scale, thickness)
+    origin = ((width - w) // 2, (height + h) // 2)
+    cv2.putText(image, str(digit), origin, cv2.FONT_HERSHEY_DUPLEX, scale, ink, thickness, cv2.LINE_AA)
+    return image

@@ -53,3 +53,16 @@ def test_smoother_keeps_rois_apart_and_breaks_ties_by_newest():
     smoother.update([reading("a", 1), reading("b", 5)])
     result = smoother.update([reading("a", 2), reading("b", 5)])
     assert result == {"a": 2, "b": 5}
+
+
+def test_a_drum_in_transition_reads_as_no_digit_and_says_so():
+    from daemon import postprocess
+    from daemon.reader import Reader
+
+    region = type("Region", (), {"id": "d0", "box": (0, 0, 10, 20), "line": 0, "cell": None})()
+    rolling = postprocess.reading_for(region, [0.02] * 10 + [0.0, 0.8], 0.5)
+    settled = postprocess.reading_for(region, [0.0] * 7 + [0.9, 0.0, 0.0, 0.0, 0.1], 0.5)
+    assert (rolling.digit, rolling.transition, rolling.mark) == (None, True, False)
+    assert (settled.digit, settled.transition) == (7, False)
+    payload = Reader.frame_payload([rolling, settled])
+    assert payload["rois"][0]["transition"] is True and "transition" not in payload["rois"][1]

@@ -202,3 +202,18 @@ def test_predict_boxes_needs_a_config_with_boxes(tmp_path, mnist_test):
     assert result.returncode == 0, result.stderr
     digits = json.loads(result.stdout)["digits"]
     assert [d["digit"] for d in digits] == [int(mnist_test[1][0])], digits
+
+
+def test_roi_full_reads_a_tall_box_whole_as_one_digit(tmp_path):
+    paths = []
+    for digit in (2, 3, 5, 8):
+        path = tmp_path / ("%d.png" % digit)
+        cv2.imwrite(str(path), synthetic.tall_digit(digit))
+        paths.append(path)
+    full = run_cli("predict", "--roi", "full", "--json", *paths)
+    assert full.returncode == 0, full.stderr
+    results = [json.loads(line) for line in full.stdout.splitlines()]
+    assert [len(r["digits"]) for r in results] == [1, 1, 1, 1]
+    assert [r["number"] for r in results] == ["2", "3", "5", "8"]
+    # the ink found spans more of the height than the centre square (60 px) could hold
+    assert all(r["digits"][0]["box"][3] > 60 for r in results)

@@ -150,3 +150,18 @@ def test_region_polarity_of_real_photos_with_dark_borders():
         gray = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
         assert not preprocess.region_ink_is_bright(gray), path.name
         assert preprocess.region_ink_is_bright(255 - gray), path.name
+
+
+def _holes(tensor):
+    mask = (tensor[:, :, 0] > 0.4).astype(np.uint8)
+    contours, hierarchy = cv2.findContours(mask, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+    return 0 if hierarchy is None else int(np.sum(hierarchy[0][:, 3] >= 0))
+
+
+@pytest.mark.parametrize("height", [20, 28, 40])
+def test_the_default_blur_keeps_the_loops_of_a_small_meter_8_open(height):
+    big = np.full((96, 60), 230, np.uint8)
+    cv2.putText(big, "8", (8, 80), cv2.FONT_HERSHEY_DUPLEX, 2.6, 20, 5, cv2.LINE_AA)
+    crop = cv2.resize(big, (int(round(height * 60 / 96.0)), height), interpolation=cv2.INTER_AREA)
+    prepared = preprocess.prepare(crop, preprocess.PreprocessParams(blur_kernel=5))
+    assert not prepared.empty and _holes(prepared.tensor) == 2

@@ -81,7 +81,28 @@ def test_a_cameras_touching_digits_are_split_once_and_the_split_kept_on_the_next
     assert len(readings[0]) == 2, readings  # the blob was split into its two digits ...
     assert calls and len(calls) == 1, calls  # ... asking the classifier on the first frame only
     assert readings[1] == readings[0] and readings[2] == readings[0]
-    number = reader.read_still(
-        cv2.cvtColor(sheet, cv2.COLOR_GRAY2BGR) if sheet.ndim == 2 else sheet, "segment"
-    )
+    number = reader.read_still(np.clip(sheet, 0, 255).astype(np.uint8), "segment")
     assert number["number"] == "%d%d" % (labels[3], labels[5])
+
+
+def test_full_is_the_whole_frame_whatever_its_shape():
+    (region,) = roi.FullRoi().extract(np.zeros((32, 20), np.uint8))
+    assert region.box == (0, 0, 20, 32) and region.crop.shape == (32, 20)
+
+
+def test_a_box_with_its_own_polarity_reads_light_on_dark_digits(reader):
+    """A meter shows white drums beside black-on-white ones: each box says which it holds."""
+    from daemon.reader import Reader
+    from tests.synthetic import tall_digit
+
+    frame = np.hstack([tall_digit(3), 255 - tall_digit(7)])  # dark on light, then light on dark
+    boxes = [{"id": "a", "x": 0, "y": 0, "w": 60, "h": 96}, {"id": "b", "x": 60, "y": 0, "w": 60, "h": 96}]
+    read = {}
+    for polarity in ("dark_on_light", "light_on_dark"):
+        boxes[1]["polarity"] = polarity
+        settings = config.from_dict({"source": {"type": "v4l2"}, "roi": {"mode": "boxes", "boxes": boxes}})
+        box_reader = Reader.from_config(settings, reader.backend, reader.lock)
+        image = box_reader.prepare(frame)
+        read[polarity] = [r.digit for r in box_reader.readings(image, box_reader.infer(image.prepared))]
+    assert read["light_on_dark"] == [3, 7]
+    assert read["dark_on_light"][1] != 7  # told the wrong ink, the box reads the paper

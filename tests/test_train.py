@@ -27,6 +27,8 @@ def test_one_epoch_smoke_run_writes_all_outputs(tmp_path):
             "1",
             "--marks",
             "100",
+            "--meter-digits",
+            "0",
         ]
     )
     assert train.main(args) == 0

@@ -92,3 +92,13 @@ def test_an_upload_is_read_in_the_mode_asked_and_bad_requests_are_explained(serv
     connection.close()
     status, _, body = request(web, "/nowhere")
     assert status == 404 and json.loads(body) == {"error": "not found: /nowhere"}
+
+
+def test_a_meter_digit_photo_is_read_whole_with_roi_full(served):
+    from tests.synthetic import tall_digit
+
+    web, _ = served
+    png = cv2.imencode(".png", tall_digit(5))[1].tobytes()
+    status, _, body = request(web, "/predict?roi=full", png, {"Content-Type": "image/png"})
+    result = json.loads(body)
+    assert status == 200 and result["number"] == "5" and len(result["digits"]) == 1
