@@ -29,7 +29,7 @@ def test_onnxruntime_and_tensorflow_agree_on_mnist(mnist_test):
         tf_probs = tf_backend.infer(images)
         partial = tf_backend.infer(images[:3])
         assert tf_backend.name == "tensorflow-fp32"
-    assert ort_probs.shape == (300, 11)
+    assert ort_probs.shape == (300, 12)
     assert np.abs(ort_probs - tf_probs).max() < 1e-4
     assert np.allclose(partial, tf_probs[:3], atol=1e-5)
     assert (ort_probs.argmax(1) == mnist_test[1][:300]).mean() > 0.98

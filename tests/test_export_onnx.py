@@ -35,10 +35,10 @@ def test_shipped_onnx_has_named_nchw_input_with_dynamic_batch():
     assert model_input.name == "image" and model_output.name == "probabilities"
     dims = [d.dim_param or d.dim_value for d in model_input.type.tensor_type.shape.dim]
     assert dims == ["batch", 1, 28, 28]
-    # ten digits and the reject class ("not a digit"), as the sidecar's labels say
-    assert [d.dim_param or d.dim_value for d in model_output.type.tensor_type.shape.dim] == ["batch", 11]
+    # ten digits, the reject class and a drum in transition, as the sidecar's labels say
+    assert [d.dim_param or d.dim_value for d in model_output.type.tensor_type.shape.dim] == ["batch", 12]
     labels = model_meta.read(MODELS / "digits.onnx")["labels"]
-    assert labels == [str(d) for d in range(10)] + ["not a digit"]
+    assert labels == [str(d) for d in range(10)] + ["not a digit", "digit in transition"]
 
 
 @pytest.mark.slow
@@ -72,11 +72,14 @@ def test_sidecars_describe_the_shipped_models():
         "dtype": "float32",
         "layout": "NCHW",
     }
-    assert meta["opset"] == 13 and meta["labels"] == [str(d) for d in range(10)] + ["not a digit"]
+    assert meta["opset"] == 13 and meta["labels"] == [str(d) for d in range(10)] + [
+        "not a digit",
+        "digit in transition",
+    ]
     assert meta["normalisation"]["scale"] == pytest.approx(1 / 255.0)
     assert meta["file_sha256"] == model_meta.sha256_of(MODELS / "digits.onnx")
     assert meta["source_model_sha256"] == model_meta.sha256_of(MODELS / "digits.keras")
-    assert meta["test_accuracy"] >= 0.996
+    assert meta["test_accuracy"] >= 0.995  # as test_model_accuracy holds it
     fp16 = json.loads((MODELS / "digits.fp16.onnx.json").read_text())
     assert fp16["precision"] == "fp16" and fp16["file_sha256"] == model_meta.sha256_of(
         MODELS / "digits.fp16.onnx"

@@ -125,7 +125,6 @@ def test_marks_that_are_not_digits_read_as_no_digit(tmp_path):
     assert all(d["digit"] is None for o in outputs for d in o["digits"]), outputs
 
 
-@pytest.mark.xfail(strict=True, reason="an equal-armed box corner still reads as a 5 at 0.6")
 def test_a_box_corner_reads_as_no_digit(tmp_path):
     (output,) = read_marks(tmp_path, ["box corner"])
     assert output["number"] is None
