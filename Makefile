@@ -90,8 +90,13 @@ train-fonts:
 data: $(STAMP)
 	$(PY) -m engine_build.mnist download --data-dir data/mnist
 
+# The shipped model: digitnet on MNIST, printed digits and marks, then fine-tuned with meter
+# digits and the 12th class "digit in transition" (issue 13: MNIST 99.61 -> 99.51 %, real
+# sudoku photos 136 -> 146 of 160 exact, held-out meter digits 70.7 -> 99.4 %).
 train: $(STAMP) train-fonts
 	$(PY) -m engine_build.train --output models/digits.keras
+	$(PY) -m engine_build.train --init-from models/digits.keras --meter-digits 24000 --epochs 6 \
+	  --learning-rate 1e-3 --output models/digits.keras
 
 baselines: $(STAMP)
 	$(PY) -m engine_build.train --arch seed001 --font-variants 0 --marks 0 --meter-digits 0 --output models/baselines/seed001.keras
