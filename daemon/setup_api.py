@@ -87,8 +87,8 @@ def check_token(web, request):
         )
 
 
-def read_json_body(web, request):
-    """The request's JSON object, within ``http.max_body_bytes``."""
+def read_body(web, request):
+    """The request's body bytes, within ``http.max_body_bytes`` (also POST /predict's)."""
     try:
         length = int(request.headers.get("Content-Length") or -1)
     except ValueError:
@@ -98,8 +98,13 @@ def read_json_body(web, request):
     if length > web.settings.max_body_bytes:
         request.close_connection = True  # do not read a body we refuse
         raise Refused(413, "body of %d bytes exceeds the limit of %d" % (length, web.settings.max_body_bytes))
+    return request.rfile.read(length)
+
+
+def read_json_body(web, request):
+    """The request's JSON object, within ``http.max_body_bytes``."""
     try:
-        data = json.loads(request.rfile.read(length).decode("utf-8"))
+        data = json.loads(read_body(web, request).decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise Refused(400, "the body is not JSON: %s" % exc) from exc
     if not isinstance(data, dict):

@@ -303,15 +303,9 @@ def post_predict(web, request):
     if roi_mode not in STILL_ROI_MODES:
         return error(400, "roi must be one of %s, not %r" % (", ".join(STILL_ROI_MODES), roi_mode))
     try:
-        length = int(request.headers.get("Content-Length") or -1)
-    except ValueError:
-        length = -1
-    if length < 0:
-        return error(411, "Content-Length required")
-    if length > web.settings.max_body_bytes:
-        request.close_connection = True  # do not read a body we refuse
-        return error(413, "body of %d bytes exceeds the limit of %d" % (length, web.settings.max_body_bytes))
-    body = request.rfile.read(length)
+        body = setup_api.read_body(web, request)
+    except setup_api.Refused as refused:
+        return error(refused.status, str(refused))
     content_type = request.headers.get("Content-Type", "")
     try:
         data = _parse_multipart(content_type, body) if content_type.startswith("multipart/") else body
