@@ -7,6 +7,7 @@ import pytest
 
 from daemon import align, config
 from daemon.reader import Reader
+from tests.helpers import boxes_around
 
 engine_build = pytest.importorskip("engine_build.meter_digits")
 
@@ -29,10 +30,7 @@ def meter_reader(reader, tmp_path, reference, boxes, with_align=True):
     cv2.imwrite(str(path), reference)
     roi = {
         "mode": "boxes",
-        "boxes": [
-            {"id": "d%d" % i, "x": x, "y": y, "w": w, "h": h, "polarity": "light_on_dark"}
-            for i, (x, y, w, h) in enumerate(boxes)
-        ],
+        "boxes": boxes_around(boxes),
         "align": {"reference": str(path) if with_align else ""},
     }
     settings = config.from_dict({"source": {"type": "v4l2"}, "roi": roi})
@@ -77,7 +75,7 @@ def test_an_unreadable_reference_is_a_clear_error(tmp_path):
 
 def test_the_pipeline_reports_a_frame_it_cannot_align(tmp_path, glyphs, schemas):
     from daemon.pipeline import Pipeline
-    from tests.helpers import MODELS, ListSource, RecordingPublisher
+    from tests.helpers import MODELS, ListSource, RecordingPublisher, run_to_the_end
 
     reference, boxes = engine_build.counter_frame(3150.0, glyphs, count=5)
     cv2.imwrite(str(tmp_path / "reference.png"), reference)
@@ -85,10 +83,7 @@ def test_the_pipeline_reports_a_frame_it_cannot_align(tmp_path, glyphs, schemas)
     covered = np.full_like(reference, 40)  # a covered lens
     roi = {
         "mode": "boxes",
-        "boxes": [
-            {"id": "d%d" % i, "x": x, "y": y, "w": w, "h": h, "polarity": "light_on_dark"}
-            for i, (x, y, w, h) in enumerate(boxes)
-        ],
+        "boxes": boxes_around(boxes),
         "align": {"reference": str(tmp_path / "reference.png")},
         "meter": {"enabled": True, "state_file": str(tmp_path / "meter.json")},
     }
@@ -96,11 +91,7 @@ def test_the_pipeline_reports_a_frame_it_cannot_align(tmp_path, glyphs, schemas)
     data["backend"] = {"type": "onnxruntime", "onnx_model": str(MODELS / "digits.onnx")}
     publisher = RecordingPublisher()
     pipeline = Pipeline(config.from_dict(data), ListSource([shifted(later, 20, 0), covered]), publisher)
-    pipeline.open()
-    try:
-        pipeline.run()
-    finally:
-        pipeline.close()
+    run_to_the_end(pipeline)
     first, second = publisher.payloads("prediction")
     for payload in (first, second):
         schemas["prediction"].validate(payload)

@@ -11,7 +11,7 @@ import jsonschema
 import pytest
 
 from daemon import config, homeassistant
-from tests.helpers import run_daemon, write_config
+from tests.helpers import boxes_around, run_daemon, write_config
 
 # The configuration variables of an MQTT sensor (and the device and origin maps) as the docs
 # list them: any other key is an error in Home Assistant's voluptuous schema.
@@ -165,10 +165,7 @@ def test_retained_discovery_and_meter_value_reach_a_late_home_assistant(
         cv2.imwrite(str(folder / ("%02d.png" % index)), frame)
     roi = {
         "mode": "boxes",
-        "boxes": [
-            {"id": "d%d" % i, "x": x, "y": y, "w": w, "h": h, "polarity": "light_on_dark"}
-            for i, (x, y, w, h) in enumerate(boxes)
-        ],
+        "boxes": boxes_around(boxes),
         "meter": {"enabled": True, "decimals": 2, "state_file": str(tmp_path / "meter.json")},
     }
     path = write_config(

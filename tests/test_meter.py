@@ -8,7 +8,7 @@ import pytest
 from daemon import config, meter
 from daemon.pipeline import Pipeline
 from daemon.postprocess import RoiReading
-from tests.helpers import MODELS, ListSource, RecordingPublisher
+from tests.helpers import MODELS, ListSource, RecordingPublisher, boxes_around, run_to_the_end
 
 
 def readings(text):
@@ -120,21 +120,14 @@ def test_the_pipeline_publishes_checked_meter_values(tmp_path, schemas):
         frames.append(frame)
     roi = {
         "mode": "boxes",
-        "boxes": [
-            {"id": "d%d" % i, "x": x, "y": y, "w": w, "h": h, "polarity": "light_on_dark"}
-            for i, (x, y, w, h) in enumerate(boxes)
-        ],
+        "boxes": boxes_around(boxes),
         "meter": {"enabled": True, "decimals": 0, "state_file": str(tmp_path / "meter.json")},
     }
     data = {"source": {"type": "images", "path": "."}, "roi": roi}
     data["backend"] = {"type": "onnxruntime", "onnx_model": str(MODELS / "digits.onnx")}
     publisher = RecordingPublisher()
     pipeline = Pipeline(config.from_dict(data), ListSource(frames), publisher)
-    pipeline.open()
-    try:
-        pipeline.run()
-    finally:
-        pipeline.close()
+    run_to_the_end(pipeline)
     predictions = publisher.payloads("prediction")
     for payload in predictions:
         schemas["prediction"].validate(payload)

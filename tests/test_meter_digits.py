@@ -5,19 +5,7 @@ import pytest
 
 from daemon.model_meta import TRANSITION_CLASS
 from engine_build import eval_meters, meter_digits
-
-
-def shipped_model_knows_transitions():
-    from daemon import model_meta
-    from tests.helpers import MODELS
-
-    return len(model_meta.read(MODELS / "digits.onnx")["labels"]) > TRANSITION_CLASS
-
-
-needs_meter_model = pytest.mark.skipif(
-    not shipped_model_knows_transitions(),
-    reason="the shipped model has no 'digit in transition' class yet (issue 13: retrain with --meter-digits)",
-)
+from tests.helpers import needs_meter_model
 
 
 @needs_meter_model

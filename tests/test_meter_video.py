@@ -10,8 +10,7 @@ import yaml
 
 from daemon import config
 from daemon.pipeline import Pipeline
-from tests.helpers import MODELS, ROOT, SAMPLES, RecordingPublisher
-from tests.test_meter_digits import needs_meter_model
+from tests.helpers import MODELS, ROOT, SAMPLES, RecordingPublisher, needs_meter_model, run_to_the_end
 
 VIDEO = SAMPLES / "meter.mp4"
 LABELS = json.loads((SAMPLES / "meter.mp4.labels.json").read_text())
@@ -29,11 +28,7 @@ def test_the_meter_video_reads_a_climbing_value(tmp_path, schemas):
     data["http"] = {"enabled": False}
     publisher = RecordingPublisher()
     pipeline = Pipeline(config.from_dict(data), None, publisher)
-    pipeline.open()
-    try:
-        pipeline.run()
-    finally:
-        pipeline.close()
+    run_to_the_end(pipeline)
     predictions = publisher.payloads("prediction")
     # paced at the video's rate like a camera: a busy machine may drop a frame
     frames = [p["frame"] - 1 for p in predictions]

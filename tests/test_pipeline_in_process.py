@@ -5,7 +5,7 @@ import numpy as np
 
 from daemon import config
 from daemon.pipeline import Pipeline
-from tests.helpers import MODELS, ListSource, RecordingPublisher
+from tests.helpers import MODELS, ListSource, RecordingPublisher, run_to_the_end
 from tests.synthetic import centre_digit_frames as frames
 
 
@@ -16,20 +16,13 @@ def settings(**sections):
     return config.from_dict(data)
 
 
-def run(pipeline):
-    pipeline.open()
-    try:
-        pipeline.run()
-    finally:
-        pipeline.close()
-    return pipeline
-
-
 def test_every_frame_is_published_in_order_with_its_digit_and_batched_across_frames(mnist_test):
     images, labels = frames(mnist_test, 40)
     publisher = RecordingPublisher()
     # a long batch wait and a source faster than inference: frames share inference calls
-    pipeline = run(Pipeline(settings(batching={"max_wait_ms": 200}), ListSource(images), publisher))
+    pipeline = run_to_the_end(
+        Pipeline(settings(batching={"max_wait_ms": 200}), ListSource(images), publisher)
+    )
     predictions = publisher.payloads("prediction")
     assert [p["frame"] for p in predictions] == list(range(1, 41))
     read = [p["rois"][0]["digit"] for p in predictions]
@@ -47,7 +40,7 @@ def test_a_frame_that_fails_in_the_roi_stage_is_counted_and_the_rest_published(m
     images, _ = frames(mnist_test, 10)
     images[4] = np.zeros(480, np.uint8)  # a broken frame: one row, no second dimension
     publisher = RecordingPublisher()
-    pipeline = run(Pipeline(settings(), ListSource(images), publisher))
+    pipeline = run_to_the_end(Pipeline(settings(), ListSource(images), publisher))
     snapshot = pipeline.stats_snapshot()
     assert snapshot["frame_errors"] == 1 and snapshot["frames_out"] == 9
     assert 5 not in [p["frame"] for p in publisher.payloads("prediction")]

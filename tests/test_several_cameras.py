@@ -20,6 +20,7 @@ from tests.helpers import (
     RecordingPublisher,
     free_port,
     run_daemon,
+    run_to_the_end,
     write_config,
 )
 from tests.synthetic import centre_digit_frames
@@ -54,11 +55,7 @@ def test_crops_of_two_cameras_share_batches_and_readings_go_back_to_their_camera
     right, right_labels = centre_digit_frames(mnist_test, 30, start=100)
     publisher = RecordingPublisher()
     pipeline = Pipeline(two_cameras(), {"left": ListSource(left), "right": ListSource(right)}, publisher)
-    pipeline.open()
-    try:
-        pipeline.run()
-    finally:
-        pipeline.close()
+    run_to_the_end(pipeline)
     for camera, labels, roi_id in (("left", left_labels, "center"), ("right", right_labels, "d")):
         predictions = publisher.payloads(camera + "/prediction")
         assert [p["frame"] for p in predictions] == list(range(1, 31))
@@ -101,11 +98,7 @@ def test_one_engine_and_one_cuda_context_serve_every_camera(tmp_path, monkeypatc
     images, labels = centre_digit_frames(mnist_test, 10)
     publisher = RecordingPublisher()
     pipeline = Pipeline(settings, {"left": ListSource(images), "right": ListSource(images)}, publisher)
-    pipeline.open()
-    try:
-        pipeline.run()
-    finally:
-        pipeline.close()
+    run_to_the_end(pipeline)
     assert len(contexts) == 1
     assert sum(call[0] == "Runtime.deserialize_cuda_engine" for call in trt.calls) - engines_before == 1
     for camera in ("left", "right"):
