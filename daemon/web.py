@@ -249,7 +249,7 @@ def get_snapshot(web, request):
         return error(404, exc.args[0])
     if view is None:
         return error(503, "no frame yet")
-    raw = parse_qs(urlsplit(request.path).query).get("raw") == ["1"]
+    raw = _query(request, "raw") == "1"
     image = view.frame.image if raw else annotate(view)
     return Response(200, encode_jpeg(image), "image/jpeg", {"X-Frame-Index": str(view.frame.index)})
 
