@@ -133,6 +133,31 @@ def test_faint_print_is_read_and_plain_noise_is_not(mnist_test):
     assert preprocess.prepare(noisy_blank).empty
 
 
+def test_the_cheap_noise_bound_decides_every_crop_as_the_full_noise_measure(mnist_test, monkeypatch):
+    """Most crops skip the 3x3 median (their contrast clears a cheap bound of the noise):
+    faint digits and noisy blank paper must come out exactly as when the noise is always
+    measured, with the default chain and with no blur or sharpening (where noise decides)."""
+    rng = np.random.default_rng(5)
+    crops = []
+    for index in range(60):
+        digit = paper_crop(mnist_test[0][index], ink=215 - rng.uniform(5, 90), paper=215).astype(np.float64)
+        blank = np.full((160, 160), 200.0)
+        for crop in (digit, blank):
+            crop += rng.normal(0, rng.uniform(0, 30), crop.shape)
+            crops.append(np.clip(crop, 0, 255).astype(np.uint8))
+    settings = [preprocess.PreprocessParams(), preprocess.PreprocessParams(blur_kernel=0, sharpen=0)]
+    fast = [preprocess.prepare(crop, params) for params in settings for crop in crops]
+    monkeypatch.setattr(preprocess, "noise_bound", lambda gray: float("inf"))
+    measured = [preprocess.prepare(crop, params) for params in settings for crop in crops]
+    assert [(p.empty, p.reason) for p in fast] == [(p.empty, p.reason) for p in measured]
+    for a, b in zip(fast, measured):
+        assert np.array_equal(a.tensor, b.tensor)
+    decided_by_noise = [
+        p for p in fast if p.empty and p.reason.startswith("contrast ") and "below 20" not in p.reason
+    ]
+    assert len(decided_by_noise) > 20
+
+
 def test_blur_is_scaled_to_the_crop_so_small_loops_stay_open():
     assert preprocess.blur_size(5, 200) == 5
     assert preprocess.blur_size(5, 128) == 3
