@@ -49,6 +49,7 @@ class Reader(object):
         self.min_confidence = min_confidence
         self.backend = backend
         self.lock = lock if lock is not None else threading.Lock()
+        self._params_by_polarity = {}
         self.extractor = self._extractor(roi_settings.mode)
         self.aligner = align.create(roi_settings.align) if hasattr(roi_settings, "align") else None
 
@@ -109,12 +110,20 @@ class Reader(object):
         return PreparedImage(rois, prepared, outline, alignment)
 
     def _params_for(self, region):
-        """The preprocess settings of one ROI: a box with its own polarity overrides the section's."""
-        if region.polarity is None or region.polarity == self.params.polarity:
+        """The preprocess settings of one ROI: a box with its own polarity overrides the
+        section's; a grid cell carries its grid's judged polarity, which fills in for ``auto``
+        only."""
+        polarity = region.polarity
+        if polarity is None or polarity == self.params.polarity:
             return self.params
-        values = dict(vars(self.params))
-        values["polarity"] = region.polarity
-        return preprocess.PreprocessParams(**values)
+        if region.cell is not None and self.params.polarity != "auto":
+            return self.params
+        params = self._params_by_polarity.get(polarity)
+        if params is None:
+            values = dict(vars(self.params))
+            values["polarity"] = polarity
+            params = self._params_by_polarity[polarity] = preprocess.PreprocessParams(**values)
+        return params
 
     def infer(self, prepared):
         """The non-empty prepared crops through the backend in one call; per crop, its

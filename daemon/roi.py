@@ -238,11 +238,11 @@ class SegmentRoi(object):
         self.work_size = work_size
         # a camera's next frame shows the same wide blobs: how each was split (cut offsets,
         # or None when kept whole) is remembered for one frame, by place, size and ink profile
-        self._splits = {}
-        self._splits_next = {}
+        self._splits = []
+        self._splits_next = []
 
     def extract(self, image):
-        self._splits, self._splits_next = self._splits_next, {}
+        self._splits, self._splits_next = self._splits_next, []
         gray, ox, oy = _region_gray(image, self.region)
         if gray.size == 0 or min(gray.shape) < 8:
             return []
@@ -402,9 +402,10 @@ class SegmentRoi(object):
                 continue
             pieces = max(2, int(round(w / (0.8 * reference))))
             ink = _in_components(labels[y : y + h, x : x + w], parts).sum(axis=0).astype(np.float64)
-            key = _blob_signature(box, ink, typical)
-            if key in self._splits:
-                self._splits_next[key] = cuts = self._splits[key]
+            key = _blob_signature(box, ink)
+            cuts = _remembered_split(self._splits, key, typical)
+            if cuts is not False:
+                self._splits_next.append((key, cuts))
                 out.extend([box] if cuts is None else _split_at(box, cuts))
                 continue
             cuts = [0]
@@ -426,23 +427,42 @@ class SegmentRoi(object):
                 else:
                     keep = confidences[0] >= min(confidences[1:])  # one wide digit reads better
                 if keep:
-                    self._splits_next[key] = None
+                    self._splits_next.append((key, None))
                     out.append(box)
                     continue
-            self._splits_next[key] = [part[0] - x for part in split[1:]]
+            self._splits_next.append((key, [part[0] - x for part in split[1:]]))
             out.extend(split)
         return out
 
 
-def _blob_signature(box, ink, typical):
-    """A wide blob as the next frame of a still camera shows it again: its box on a grid of a
-    tenth of a digit's height, and its column ink profile in 12 bins of 4 levels."""
-    step = max(3, typical // 10)
-    x, y, w, h = box[:4]
+# A wide blob is the one of the last frame when its box moved by at most this share of the
+# digits' height and its column ink profile (12 bins, 0..1) by at most SPLIT_PROFILE_CHANGE
+# on average and SPLIT_PROFILE_BIN_CHANGE in any bin (sensor noise moves a bin by up to 0.2).
+SPLIT_BOX_CHANGE = 0.1
+SPLIT_PROFILE_CHANGE = 0.1
+SPLIT_PROFILE_BIN_CHANGE = 0.35
+
+
+def _blob_signature(box, ink):
+    """(box, column ink profile in 12 bins scaled to 0..1) of a wide blob."""
     bins = np.array_split(ink, 12) if len(ink) >= 12 else [ink]
     profile = np.array([b.mean() for b in bins])
-    levels = tuple(int(v) for v in np.minimum(3, 4 * profile / max(profile.max(), 1e-6)))
-    return (x // step, y // step, w // step, h // step) + levels
+    return np.array(box[:4], np.float64), profile / max(profile.max(), 1e-6)
+
+
+def _remembered_split(remembered, key, typical):
+    """The cuts (or None: kept whole) of the last frame's blob that ``key`` matches; False when
+    none does. A still camera's noise moves a blob's box and profile a little, never more."""
+    box, profile = key
+    for (last_box, last_profile), cuts in remembered:
+        if (
+            len(last_profile) == len(profile)
+            and np.abs(last_box - box).max() <= max(2.0, SPLIT_BOX_CHANGE * typical)
+            and np.abs(last_profile - profile).mean() <= SPLIT_PROFILE_CHANGE
+            and np.abs(last_profile - profile).max() <= SPLIT_PROFILE_BIN_CHANGE
+        ):
+            return cuts
+    return False
 
 
 def _split_at(box, cuts):
@@ -459,6 +479,7 @@ GRID_MIN_SCORE = 0.45  # line coverage less cell fill below which a quadrilatera
 # is the score's own noise, and the outline of a clean grid is already as good as it gets.
 GRID_REFINE_GAIN = 0.03
 GRID_CELL_SLACK = 0.12  # a digit's box may overrun its cell by this share (warp, curved paper)
+GRID_WALL_SHARE = 0.7  # a cell's component with more of its ink along the walls is wall, not digit
 GRID_DIGIT_MIN_HEIGHT = 0.25  # a digit in a grid cell is at least this share of the cell tall (or wide)
 # A camera's grid stays where it was: the last outline is kept while its score on the new frame
 # stays within this of the score it was found with; below, the grid is searched for again.
@@ -516,10 +537,22 @@ def _hull_of_cell_groups(lines, min_area):
     return hulls
 
 
+def _along_the_walls(window, component):
+    """Whether most of a component's ink in a cell lies along the cell's walls: the corner of
+    two walls the line removal missed (it reads as a 7 or a 1), not a digit, which is printed
+    inside its cell."""
+    band = max(1, int(round(GRID_CELL_SLACK * window.shape[0])))
+    ink = window == component
+    total = cv2.countNonZero(ink.view(np.uint8))
+    inner = cv2.countNonZero(ink[band:-band, band:-band].view(np.uint8))
+    return total > 0 and total - inner > GRID_WALL_SHARE * total
+
+
 def _blank_paper(crop, mask):
-    """``crop`` filled with its paper's median grey (the pixels off ``mask``): a cell without a digit."""
-    paper_pixels = crop[mask == 0]
-    crop[:] = int(np.median(paper_pixels)) if paper_pixels.size else int(np.median(crop))
+    """``crop`` filled with its paper's mean grey (the pixels off ``mask``): a cell without a digit."""
+    paper = cv2.bitwise_not(mask)
+    level = cv2.mean(crop, paper)[0] if cv2.countNonZero(paper) else cv2.mean(crop)[0]
+    crop[:] = int(round(level))
     return crop
 
 
@@ -705,18 +738,59 @@ class GridRoi(object):
         flat = cv2.warpPerspective(gray, warp, size, flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REPLICATE)
         ink_bright = region_ink_is_bright(flat)
         mask, labels, stats = self._digit_components(flat, ink_bright)
-        inverse = np.linalg.inv(warp)
-        rois = []
+        cores = self._digit_cores(stats)
         cell = self.cell_px
-        for row in range(self.rows):
-            for col in range(self.cols):
-                x0, y0 = col * cell, row * cell
-                crop = self._cell_crop(flat, mask, labels, stats, x0, y0, ink_bright)
-                cell_corners = np.float32([[[x0, y0]], [[x0 + cell, y0 + cell]]])
-                (a, b) = cv2.perspectiveTransform(cell_corners, inverse).reshape(2, 2)
-                box = (int(a[0]) + ox, int(a[1]) + oy, max(1, int(b[0] - a[0])), max(1, int(b[1] - a[1])))
-                rois.append(Roi("r%dc%d" % (row, col), box, crop, row, (row, col)))
+        # every cell's top-left and bottom-right corner back in frame pixels, in one call
+        xs, ys = np.meshgrid(np.arange(self.cols) * cell, np.arange(self.rows) * cell)
+        starts = np.stack([xs.ravel(), ys.ravel()], axis=1).astype(np.float32)
+        corners_back = cv2.perspectiveTransform(
+            np.concatenate([starts, starts + cell]).reshape(-1, 1, 2), np.linalg.inv(warp)
+        ).reshape(2, -1, 2)
+        # the cells inherit the grid's polarity: it was judged once, on the whole flat grid
+        polarity = "light_on_dark" if ink_bright else "dark_on_light"
+        rois = []
+        for index in range(self.rows * self.cols):
+            row, col = divmod(index, self.cols)
+            x0, y0 = col * cell, row * cell
+            crop = self._cell_crop(flat, mask, labels, stats, x0, y0, cores.get(index), ink_bright)
+            (a, b) = corners_back[0][index], corners_back[1][index]
+            box = (int(a[0]) + ox, int(a[1]) + oy, max(1, int(b[0] - a[0])), max(1, int(b[1] - a[1])))
+            rois.append(Roi("r%dc%d" % (row, col), box, crop, row, (row, col), polarity))
         return rois, outline
+
+    def _digit_cores(self, stats):
+        """{cell index: the components that are the core of its digit}: a box centred in the
+        cell (within a quarter of it), inside it but for a slack, and tall enough to be a
+        digit. A box can be centred in one cell only, so one pass over the components
+        assigns them all."""
+        cell = float(self.cell_px)
+        x, y, w, h = (stats[1:, k].astype(np.float64) for k in range(4))
+        centre_x, centre_y = x + w / 2.0, y + h / 2.0
+        col, row = np.floor(centre_x / cell), np.floor(centre_y / cell)
+        x0, y0 = col * cell, row * cell
+        slack = GRID_CELL_SLACK * cell
+        # the longer side, not the height: in a photo taken sideways a 1 lies flat
+        is_core = (
+            (np.maximum(w, h) >= GRID_DIGIT_MIN_HEIGHT * cell)
+            & (h <= 0.95 * cell)
+            & (w <= 0.95 * cell)
+            & (np.abs(centre_x - (x0 + cell / 2.0)) <= 0.25 * cell)
+            & (np.abs(centre_y - (y0 + cell / 2.0)) <= 0.25 * cell)
+            # a digit is printed inside its cell; a grid line the warp missed runs on
+            & (x >= x0 - slack)
+            & (y >= y0 - slack)
+            & (x + w <= x0 + cell + slack)
+            & (y + h <= y0 + cell + slack)
+            & (row >= 0)
+            & (row < self.rows)
+            & (col >= 0)
+            & (col < self.cols)
+        )
+        cores = {}
+        for component in np.flatnonzero(is_core):
+            cell_index = int(row[component]) * self.cols + int(col[component])
+            cores.setdefault(cell_index, []).append(int(component) + 1)
+        return cores
 
     def _digit_components(self, flat, ink_bright):
         """(ink mask, component labels, component stats) of the flat grid without its lines."""
@@ -726,39 +800,21 @@ class GridRoi(object):
         _, labels, stats, _ = cv2.connectedComponentsWithStats(strokes, connectivity=8)
         return mask, labels, stats
 
-    def _cell_crop(self, flat, mask, labels, stats, x0, y0, ink_bright=False):
-        """The cell with only its digit's ink left: the components whose box is centred in the
-        cell, lies inside it and is tall enough to be a digit, with the pieces inside their box
-        (a broken stroke). Grid-line remnants, specks and a neighbour's overhang are painted as paper;
-        a cell without such a component comes out as blank paper."""
+    def _cell_crop(self, flat, mask, labels, stats, x0, y0, core, ink_bright=False):
+        """The cell with only its digit's ink left: its ``core`` components (``_digit_cores``)
+        with the pieces inside their box (a broken stroke). Grid-line remnants, specks and a
+        neighbour's overhang are painted as paper; a cell without a core comes out as blank
+        paper."""
         cell = self.cell_px
-        centre_x, centre_y = x0 + cell / 2.0, y0 + cell / 2.0
+        crop = flat[y0 : y0 + cell, x0 : x0 + cell].copy()
+        cell_mask = mask[y0 : y0 + cell, x0 : x0 + cell]
         window = labels[y0 : y0 + cell, x0 : x0 + cell]
+        core = [index for index in core or () if not _along_the_walls(window, index)]
+        if not core:
+            return _blank_paper(crop, cell_mask)
         x, y, w, h = stats[1:, 0], stats[1:, 1], stats[1:, 2], stats[1:, 3]
         touching = (x < x0 + cell) & (x + w > x0) & (y < y0 + cell) & (y + h > y0)
         present = [int(i) + 1 for i in np.flatnonzero(touching)]
-        core = []
-        slack = GRID_CELL_SLACK * cell
-        for index in present:
-            x, y, w, h, _ = stats[index]
-            # the longer side, not the height: in a photo taken sideways a 1 lies flat
-            if (
-                max(w, h) >= GRID_DIGIT_MIN_HEIGHT * cell
-                and h <= 0.95 * cell
-                and w <= 0.95 * cell
-                and abs(x + w / 2.0 - centre_x) <= 0.25 * cell
-                and abs(y + h / 2.0 - centre_y) <= 0.25 * cell
-                # a digit is printed inside its cell; a grid line the warp missed runs on
-                and x >= x0 - slack
-                and y >= y0 - slack
-                and x + w <= x0 + cell + slack
-                and y + h <= y0 + cell + slack
-            ):
-                core.append(index)
-        crop = flat[y0 : y0 + cell, x0 : x0 + cell].copy()
-        cell_mask = mask[y0 : y0 + cell, x0 : x0 + cell]
-        if not core:
-            return _blank_paper(crop, cell_mask)
         left = min(stats[i][0] for i in core)
         top = min(stats[i][1] for i in core)
         right = max(stats[i][0] + stats[i][2] for i in core)
@@ -769,7 +825,9 @@ class GridRoi(object):
             # a broken stroke lies inside the digit's box; a wall's remnant only brushes it
             if index not in core and left <= x + w / 2.0 <= right and top <= y + h / 2.0 <= bottom:
                 parts.append(index)
-        keep = np.isin(window, parts).astype(np.uint8)
+        lookup = np.zeros(len(stats), np.uint8)
+        lookup[parts] = 1
+        keep = lookup[window]
         if not keep.any():  # components that only pass by the cell (their boxes overlap it)
             return _blank_paper(crop, cell_mask)
         # the blurred edges of grid lines escape the ink mask: outside the digit's box is paper
