@@ -36,25 +36,31 @@ DIGIT_CLASSES = 10  # a model's outputs past the ten digits: "not a digit" (mode
 TRANSITION_INDEX = 11  # and "digit in transition" (model_meta.TRANSITION_CLASS)
 
 
-def _other_class_wins(probabilities, index):
-    return len(probabilities) > index and float(probabilities[index]) > float(
-        np.max(probabilities[:DIGIT_CLASSES])
-    )
+def _winning_other_class(probabilities):
+    """The class past the digits that wins the crop: ``DIGIT_CLASSES`` ("not a digit"),
+    ``TRANSITION_INDEX`` ("digit in transition"), or None when a digit is the likeliest.
+    Between the two the likelier wins (a drum at p(transition) 0.99 and p(not a digit) 0.001
+    is in transition, not a mark); a tie goes to "not a digit"."""
+    winner, best = None, float(np.max(probabilities[:DIGIT_CLASSES]))
+    for index in (DIGIT_CLASSES, TRANSITION_INDEX):
+        if len(probabilities) > index and float(probabilities[index]) > best:
+            winner, best = index, float(probabilities[index])
+    return winner
 
 
 def is_mark(probabilities):
     """Whether a model with the reject class calls this crop "not a digit"."""
-    return _other_class_wins(probabilities, DIGIT_CLASSES)
+    return _winning_other_class(probabilities) == DIGIT_CLASSES
 
 
 def is_transition(probabilities):
     """Whether a model with the transition class calls this crop a drum between two digits."""
-    return _other_class_wins(probabilities, TRANSITION_INDEX)
+    return _winning_other_class(probabilities) == TRANSITION_INDEX
 
 
 def digit_confidence(probabilities):
     """The probability of the likeliest digit (0 for a mark, or a drum in transition)."""
-    if is_mark(probabilities) or is_transition(probabilities):
+    if _winning_other_class(probabilities) is not None:
         return 0.0
     return float(np.max(probabilities[:DIGIT_CLASSES]))
 
@@ -65,7 +71,7 @@ def classify(probabilities, min_confidence):
     ``min_confidence``."""
     index = int(np.argmax(probabilities[:DIGIT_CLASSES]))
     confidence = float(probabilities[index])
-    if is_mark(probabilities) or is_transition(probabilities):
+    if _winning_other_class(probabilities) is not None:
         return None, confidence
     return (index if confidence >= min_confidence else None), confidence
 
@@ -103,7 +109,7 @@ def reading_for(region, probabilities, min_confidence):
     if probabilities is not None:
         digit, confidence = classify(probabilities, min_confidence)
         mark = is_mark(probabilities)
-        transition = not mark and is_transition(probabilities)
+        transition = is_transition(probabilities)
     return RoiReading(region.id, region.box, digit, confidence, region.line, region.cell, mark, transition)
 
 
