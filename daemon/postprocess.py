@@ -34,6 +34,21 @@ class RoiReading(object):
 
 DIGIT_CLASSES = 10  # a model's outputs past the ten digits: "not a digit" (model_meta.REJECT_CLASS)
 TRANSITION_INDEX = 11  # and "digit in transition" (model_meta.TRANSITION_CLASS)
+# A box's digit style (``roi.boxes[].style``; None: a ROI without one): only these can be
+# caught between two digits.
+ROLLING_STYLES = (None, "auto", "drum")
+
+
+def for_style(probabilities, style):
+    """The probabilities as a box of digit ``style`` can have them: a seven-segment display,
+    handwriting or print never rolls, so the transition class is taken out and the rest
+    renormalised (the digit or "not a digit" decides); ``auto`` and ``drum`` keep all."""
+    if style in ROLLING_STYLES or len(probabilities) <= TRANSITION_INDEX:
+        return probabilities
+    kept = np.array(probabilities, np.float32)
+    kept[TRANSITION_INDEX] = 0.0
+    total = float(np.sum(kept))
+    return kept / total if total > 0 else kept
 
 
 def _winning_other_class(probabilities):
@@ -103,10 +118,12 @@ def compose_grid(readings):
 
 
 def reading_for(region, probabilities, min_confidence):
-    """The RoiReading of one ROI (id, box, line, cell) from its probability vector;
-    ``probabilities`` None (an empty crop) reads as no digit with confidence 0."""
+    """The RoiReading of one ROI (id, box, line, cell) from its probability vector, read as
+    the ROI's digit style allows (``for_style``); ``probabilities`` None (an empty crop)
+    reads as no digit with confidence 0."""
     digit, confidence, mark, transition = None, 0.0, False, False
     if probabilities is not None:
+        probabilities = for_style(probabilities, getattr(region, "style", None))
         digit, confidence = classify(probabilities, min_confidence)
         mark = is_mark(probabilities)
         transition = is_transition(probabilities)

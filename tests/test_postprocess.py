@@ -79,3 +79,22 @@ def test_a_drum_the_model_calls_rolling_is_in_transition_even_when_not_a_digit_b
     assert (blot.digit, blot.transition, blot.mark) == (None, False, True)
     tie = postprocess.reading_for(region, [0.0] * 10 + [0.5, 0.5], 0.5)
     assert tie.mark and not tie.transition
+
+
+def test_a_box_that_cannot_roll_never_reads_as_in_transition_the_digit_decides():
+    """A seven-segment, handwritten or printed box: the transition class is taken out and the
+    rest renormalised; a drum (or auto) box keeps it."""
+    probabilities = [0.0] * 5 + [0.3] + [0.0] * 4 + [0.1, 0.6]  # 5: 0.3, not a digit: 0.1, rolling: 0.6
+
+    def box(style):
+        return type("Box", (), {"id": "d0", "box": (0, 0, 10, 20), "line": 0, "cell": None, "style": style})()
+
+    for style in ("drum", "auto"):
+        rolling = postprocess.reading_for(box(style), probabilities, 0.5)
+        assert (rolling.digit, rolling.transition) == (None, True)
+    for style in ("segments", "handwritten", "printed"):
+        read = postprocess.reading_for(box(style), probabilities, 0.5)
+        assert (read.digit, read.transition, read.mark) == (5, False, False)
+        assert abs(read.confidence - 0.75) < 1e-6  # 0.3 of the 0.4 left
+    unsure = postprocess.reading_for(box("segments"), [0.0] * 5 + [0.1] + [0.0] * 4 + [0.3, 0.6], 0.5)
+    assert (unsure.digit, unsure.transition, unsure.mark) == (None, False, True)

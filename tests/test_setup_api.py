@@ -121,9 +121,9 @@ def test_get_config_shows_the_file_with_secrets_masked(serve):
     status, _, body = call(web, "GET", "/api/config")
     assert status == 200
     assert body["config"]["mqtt"]["password"] == "***" and body["config"]["http"]["token"] == "***"
-    # every key of a box, defaults included (a box's own polarity: auto)
+    # every key of a box, defaults included (a box's own polarity and digit style: auto)
     assert body["config"]["roi"]["boxes"] == [
-        dict(boxes_payload(("left", 100, 140, 200, 200))[0], polarity="auto")
+        dict(boxes_payload(("left", 100, 140, 200, 200))[0], polarity="auto", style="auto")
     ]
     assert body["token_required"] is True and body["restart_pending"] == []
     assert body["fields"]["preprocess.threshold"]["choices"] == ["otsu", "fixed", "adaptive"]
