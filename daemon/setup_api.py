@@ -121,7 +121,8 @@ def setup_page(web):
 
 
 def field_docs(schema=config_module.SCHEMA, path=""):
-    """Per dotted key of the editable sections: type, default, limits, choices, doc, live."""
+    """Per dotted key of the editable sections: type, default, limits, choices, doc, live; the
+    keys of a list's items as ``roi.boxes[].style``."""
     out = {}
     for key, field in schema.fields.items():
         dotted = "%s.%s" % (path, key) if path else key
@@ -131,6 +132,8 @@ def field_docs(schema=config_module.SCHEMA, path=""):
             out.update(field_docs(field, dotted))
             continue
         kind = "list" if isinstance(field.kind, config_module.ListOf) else field.kind.__name__
+        if kind == "list":
+            out.update(field_docs(field.kind.schema, dotted + "[]"))
         out[dotted] = {
             "type": kind,
             "default": field.default,
@@ -367,6 +370,7 @@ def preview(web, overrides, with_frame=False):
                 "box": [int(v) for v in reading.box],
                 "digit": reading.digit,
                 "confidence": round(float(reading.confidence), 4),
+                "transition": bool(reading.transition),
                 "empty": bool(item.empty),
                 "empty_reason": item.reason or None,
                 "tensor": tensor.tolist(),

@@ -127,6 +127,13 @@ def test_get_config_shows_the_file_with_secrets_masked(serve):
     ]
     assert body["token_required"] is True and body["restart_pending"] == []
     assert body["fields"]["preprocess.threshold"]["choices"] == ["otsu", "fixed", "adaptive"]
+    assert body["fields"]["roi.boxes[].style"]["choices"] == [
+        "auto",
+        "drum",
+        "segments",
+        "handwritten",
+        "printed",
+    ]
     text = json.dumps(body)
     assert TOKEN not in text and MQTT_SECRET not in text
 
