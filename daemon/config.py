@@ -187,6 +187,14 @@ _BOX = Schema(
             "(a meter's drums: white digits on black, black or red on white)",
             choices=("auto", "dark_on_light", "light_on_dark"),
         ),
+        "style": Field(
+            str,
+            "auto",
+            "this box's digits: auto (any, a drum may be in transition), drum (a counter drum, "
+            "may be caught between two digits), segments (seven-segment display), handwritten or "
+            "printed (these never roll: the transition class is not read for them)",
+            choices=("auto", "drum", "segments", "handwritten", "printed"),
+        ),
     }
 )
 
@@ -247,7 +255,9 @@ ROI = Schema(
         "grid_cols": Field(int, 9, "grid: columns", minimum=1, maximum=50, live=True),
         "grid_locate": Field(bool, True, "grid: find the grid's outer frame and undo perspective", live=True),
         "size": Field(int, 200, "side of the centre square, pixels", minimum=8, live=True),
-        "boxes": Field(ListOf(_BOX), [], "fixed boxes (mode boxes): id, x, y, w, h", live=True),
+        "boxes": Field(
+            ListOf(_BOX), [], "fixed boxes (mode boxes): id, x, y, w, h, polarity, style", live=True
+        ),
         "align": Schema(
             {
                 "reference": Field(

@@ -195,6 +195,25 @@ def write_atomically(path, text):
     return backup
 
 
+def write_file_atomically(path, data, mode=0o644):
+    """Replace ``path`` with the bytes ``data`` (a temporary file in the same folder, fsync,
+    rename): a reader sees the old file or the new one, never a part. OSError as it comes."""
+    folder = os.path.dirname(os.path.abspath(path))
+    handle, temporary = tempfile.mkstemp(prefix=".digitd-", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(temporary, mode)
+        os.replace(temporary, path)
+        temporary = None
+        _fsync_folder(folder)
+    finally:
+        if temporary is not None and os.path.exists(temporary):
+            os.unlink(temporary)
+
+
 def _fsync_folder(folder):
     """Make the rename itself durable (a power cut right after a save keeps the new file)."""
     try:

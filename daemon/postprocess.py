@@ -34,27 +34,48 @@ class RoiReading(object):
 
 DIGIT_CLASSES = 10  # a model's outputs past the ten digits: "not a digit" (model_meta.REJECT_CLASS)
 TRANSITION_INDEX = 11  # and "digit in transition" (model_meta.TRANSITION_CLASS)
+# A box's digit style (``roi.boxes[].style``; None: a ROI without one): only these can be
+# caught between two digits.
+ROLLING_STYLES = (None, "auto", "drum")
 
 
-def _other_class_wins(probabilities, index):
-    return len(probabilities) > index and float(probabilities[index]) > float(
-        np.max(probabilities[:DIGIT_CLASSES])
-    )
+def for_style(probabilities, style):
+    """The probabilities as a box of digit ``style`` can have them: a seven-segment display,
+    handwriting or print never rolls, so the transition class is taken out and the rest
+    renormalised (the digit or "not a digit" decides); ``auto`` and ``drum`` keep all."""
+    if style in ROLLING_STYLES or len(probabilities) <= TRANSITION_INDEX:
+        return probabilities
+    kept = np.array(probabilities, np.float32)
+    kept[TRANSITION_INDEX] = 0.0
+    total = float(np.sum(kept))
+    return kept / total if total > 0 else kept
+
+
+def _winning_other_class(probabilities):
+    """The class past the digits that wins the crop: ``DIGIT_CLASSES`` ("not a digit"),
+    ``TRANSITION_INDEX`` ("digit in transition"), or None when a digit is the likeliest.
+    Between the two the likelier wins (a drum at p(transition) 0.99 and p(not a digit) 0.001
+    is in transition, not a mark); a tie goes to "not a digit"."""
+    winner, best = None, float(np.max(probabilities[:DIGIT_CLASSES]))
+    for index in (DIGIT_CLASSES, TRANSITION_INDEX):
+        if len(probabilities) > index and float(probabilities[index]) > best:
+            winner, best = index, float(probabilities[index])
+    return winner
 
 
 def is_mark(probabilities):
     """Whether a model with the reject class calls this crop "not a digit"."""
-    return _other_class_wins(probabilities, DIGIT_CLASSES)
+    return _winning_other_class(probabilities) == DIGIT_CLASSES
 
 
 def is_transition(probabilities):
     """Whether a model with the transition class calls this crop a drum between two digits."""
-    return _other_class_wins(probabilities, TRANSITION_INDEX)
+    return _winning_other_class(probabilities) == TRANSITION_INDEX
 
 
 def digit_confidence(probabilities):
     """The probability of the likeliest digit (0 for a mark, or a drum in transition)."""
-    if is_mark(probabilities) or is_transition(probabilities):
+    if _winning_other_class(probabilities) is not None:
         return 0.0
     return float(np.max(probabilities[:DIGIT_CLASSES]))
 
@@ -65,7 +86,7 @@ def classify(probabilities, min_confidence):
     ``min_confidence``."""
     index = int(np.argmax(probabilities[:DIGIT_CLASSES]))
     confidence = float(probabilities[index])
-    if is_mark(probabilities) or is_transition(probabilities):
+    if _winning_other_class(probabilities) is not None:
         return None, confidence
     return (index if confidence >= min_confidence else None), confidence
 
@@ -97,13 +118,15 @@ def compose_grid(readings):
 
 
 def reading_for(region, probabilities, min_confidence):
-    """The RoiReading of one ROI (id, box, line, cell) from its probability vector;
-    ``probabilities`` None (an empty crop) reads as no digit with confidence 0."""
+    """The RoiReading of one ROI (id, box, line, cell) from its probability vector, read as
+    the ROI's digit style allows (``for_style``); ``probabilities`` None (an empty crop)
+    reads as no digit with confidence 0."""
     digit, confidence, mark, transition = None, 0.0, False, False
     if probabilities is not None:
+        probabilities = for_style(probabilities, getattr(region, "style", None))
         digit, confidence = classify(probabilities, min_confidence)
         mark = is_mark(probabilities)
-        transition = not mark and is_transition(probabilities)
+        transition = is_transition(probabilities)
     return RoiReading(region.id, region.box, digit, confidence, region.line, region.cell, mark, transition)
 
 

@@ -19,17 +19,19 @@ log = logging.getLogger(__name__)
 class Roi(object):
     """One crop to classify. ``box`` is (x, y, w, h) in frame pixels; ``line`` groups digits
     into numbers; ``cell`` is (row, col) in grid mode, else None; ``polarity`` overrides the
-    preprocess setting for this crop when set (a box's own ``polarity``)."""
+    preprocess setting for this crop when set (a box's own ``polarity``); ``style`` is the
+    box's digit style (``drum``, ``segments``, ...; None: any, as ``auto``)."""
 
-    __slots__ = ("id", "box", "crop", "line", "cell", "polarity")
+    __slots__ = ("id", "box", "crop", "line", "cell", "polarity", "style")
 
-    def __init__(self, roi_id, box, crop, line=0, cell=None, polarity=None):
+    def __init__(self, roi_id, box, crop, line=0, cell=None, polarity=None, style=None):
         self.id = roi_id
         self.box = box
         self.crop = crop
         self.line = line
         self.cell = cell
         self.polarity = polarity
+        self.style = style
 
 
 def clip_box(box, width, height):
@@ -68,11 +70,12 @@ class FullRoi(object):
 
 class BoxesRoi(object):
     """A fixed list of boxes with ids, clipped to the frame; each box is read whole as one
-    digit (no centre square), with its own polarity when it has one."""
+    digit (no centre square), with its own polarity and digit style when it has them."""
 
-    def __init__(self, boxes, polarities=None):
+    def __init__(self, boxes, polarities=None, styles=None):
         self.boxes = list(boxes)  # [(id, (x, y, w, h))]
         self.polarities = dict(polarities or {})  # id -> "dark_on_light" / "light_on_dark"
+        self.styles = dict(styles or {})  # id -> "drum" / "segments" / "handwritten" / "printed"
         self._warned = set()
 
     def extract(self, image):
@@ -84,7 +87,15 @@ class BoxesRoi(object):
                 if roi_id not in self._warned:
                     log.warning("ROI %s %s lies outside the %dx%d frame", roi_id, box, width, height)
                     self._warned.add(roi_id)
-            rois.append(Roi(roi_id, clipped, crop_box(image, clipped), polarity=self.polarities.get(roi_id)))
+            rois.append(
+                Roi(
+                    roi_id,
+                    clipped,
+                    crop_box(image, clipped),
+                    polarity=self.polarities.get(roi_id),
+                    style=self.styles.get(roi_id),
+                )
+            )
         return rois
 
 
@@ -104,7 +115,8 @@ def create_extractor(settings, mode=None, scale=1.0):
         return FullRoi()
     if mode == "boxes":
         polarities = {b.id: b.polarity for b in settings.boxes if getattr(b, "polarity", "auto") != "auto"}
-        return BoxesRoi([(b.id, scaled(b.x, b.y, b.w, b.h)) for b in settings.boxes], polarities)
+        styles = {b.id: b.style for b in settings.boxes if getattr(b, "style", "auto") != "auto"}
+        return BoxesRoi([(b.id, scaled(b.x, b.y, b.w, b.h)) for b in settings.boxes], polarities, styles)
     if mode == "segment":
         return SegmentRoi(region, max_digits=settings.max_digits)
     if mode == "grid":

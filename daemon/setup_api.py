@@ -1,4 +1,5 @@
-"""The setup page and its API: ``GET /setup``, ``GET``/``PUT /api/config``, ``GET``/``POST /api/preview``.
+"""The setup page and its API: ``GET /setup``, ``GET``/``PUT /api/config``, ``GET``/``POST /api/preview``,
+``POST /api/reference`` (the newest frame becomes the alignment reference).
 
 Reading is open like ``/snapshot.jpg``; changing the config (PUT) needs ``Authorization:
 Bearer <http.token>`` whenever a token is set (and the daemon refuses to start bound beyond
@@ -121,7 +122,8 @@ def setup_page(web):
 
 
 def field_docs(schema=config_module.SCHEMA, path=""):
-    """Per dotted key of the editable sections: type, default, limits, choices, doc, live."""
+    """Per dotted key of the editable sections: type, default, limits, choices, doc, live; the
+    keys of a list's items as ``roi.boxes[].style``."""
     out = {}
     for key, field in schema.fields.items():
         dotted = "%s.%s" % (path, key) if path else key
@@ -131,6 +133,8 @@ def field_docs(schema=config_module.SCHEMA, path=""):
             out.update(field_docs(field, dotted))
             continue
         kind = "list" if isinstance(field.kind, config_module.ListOf) else field.kind.__name__
+        if kind == "list":
+            out.update(field_docs(field.kind.schema, dotted + "[]"))
         out[dotted] = {
             "type": kind,
             "default": field.default,
@@ -235,10 +239,22 @@ def put_config(web, request):
     """Validate, save (comments kept, previous file as .bak) and apply a config change."""
     check_origin(request)
     check_token(web, request)
-    path = web.config_path
-    if not path:
-        raise Refused(409, "the daemon was started without a config file; nothing to save to")
+    _config_path(web)
     body = read_json_body(web, request)
+    return _save_and_apply(web, lambda plain: body)
+
+
+def _config_path(web):
+    if not web.config_path:
+        raise Refused(409, "the daemon was started without a config file; nothing to save to")
+    return web.config_path
+
+
+def _save_and_apply(web, body_for, reload_anyway=False):
+    """Merge ``body_for(the file's plain data)`` into the config file, validate it, save it
+    and have the capture loop apply it; with ``reload_anyway`` it is applied even when no key
+    changed (a file the config names was replaced). The answer PUT /api/config gives."""
+    path = web.config_path
     base_dirs = (os.path.dirname(os.path.abspath(path)), config_module.PROJECT_ROOT)
     with _SAVE_LOCK:
         try:
@@ -249,7 +265,7 @@ def put_config(web, request):
             current = config_module.from_dict(plain, base_dirs)
         except config_module.ConfigError:
             current = None  # the file is broken already: every given key is written
-        merged, changes = merge_request(plain, body, current)
+        merged, changes = merge_request(plain, body_for(plain), current)
         try:
             new = config_module.from_dict(merged, base_dirs)
         except config_module.ConfigError as exc:
@@ -264,8 +280,8 @@ def put_config(web, request):
                 log.error("saving the config failed: %s", exc)
                 raise Refused(500, str(exc)) from exc
             log.info("config saved from the setup API: %s", ", ".join(_dotted(k) for k, _ in changes))
-        applied = _apply_through_capture_loop(web, path) if changes else None
-    pending = bool(changes) and applied is None
+        applied = _apply_through_capture_loop(web, path) if changes or reload_anyway else None
+    pending = (bool(changes) or reload_anyway) and applied is None
     live, restart = applied if applied is not None else config_module.live_changes(web.pipeline.config, new)
     if applied is not None and live:
         log.info("setup API: applied live: %s", ", ".join(live))
@@ -280,6 +296,90 @@ def put_config(web, request):
         "live_pending": live if pending else [],
         "needs_restart": restart,
     }
+
+
+# -- POST /api/reference ------------------------------------------------------------------------
+def reference_path(config_path, source_id):
+    """Where a camera's alignment reference is kept: beside the config file."""
+    folder = os.path.dirname(os.path.abspath(config_path))
+    return os.path.join(folder, "reference-%s.png" % (source_id or "default"))
+
+
+def _reference_body(source_id, reference):
+    """The change that names ``reference`` as the camera's ``roi.align.reference``: under
+    ``roi``, or in its entry of ``sources`` (that list is written whole, the rest as it is)."""
+
+    def body_for(plain):
+        if source_id is None:
+            return {"roi": {"align": {"reference": reference}}}
+        items = copy.deepcopy(plain.get("sources") or [])
+        for item in items:
+            if isinstance(item, dict) and item.get("id") == source_id:
+                roi = item["roi"] = item.get("roi") if isinstance(item.get("roi"), dict) else {}
+                align = roi["align"] = roi.get("align") if isinstance(roi.get("align"), dict) else {}
+                align["reference"] = reference
+                return {"sources": items}
+        raise Refused(409, "the config file has no source %r (any more); nothing saved" % source_id)
+
+    return body_for
+
+
+def post_reference(web, request):
+    """Save the camera's newest raw frame (the one the setup page draws the boxes on) as the
+    alignment reference, lossless PNG beside the config file, name it as
+    ``roi.align.reference`` in the config and apply it: from the next frame on, every frame
+    is registered to it. ``?source=<id>`` picks a camera (default the first)."""
+    check_origin(request)
+    check_token(web, request)
+    path = _config_path(web)
+    if request.headers.get("Content-Length"):
+        read_body(web, request)  # nothing is read from it; within the limit, then ignored
+    source_id = _query_value(request, "source")
+    try:
+        view = web.pipeline.latest_view(source_id)
+    except KeyError as exc:
+        raise Refused(404, exc.args[0]) from exc
+    if view is None:
+        raise Refused(
+            409, "no frame has been captured yet: nothing to save as the reference", {"Retry-After": "1"}
+        )
+    if source_id is None:
+        source_id = web.pipeline.source_ids()[0]
+    image = view.frame.image
+    ok, png = cv2.imencode(".png", image)
+    if not ok:
+        raise Refused(500, "the frame could not be encoded as PNG")
+    target = reference_path(path, source_id)
+    existed = os.path.exists(target)
+    try:
+        config_file.write_file_atomically(target, png.tobytes())
+    except OSError as exc:
+        log.error("saving the reference frame failed: %s", exc)
+        raise Refused(
+            500, "cannot write the reference frame %s (%s); nothing changed" % (target, exc.strerror or exc)
+        ) from exc
+    try:
+        answer = _save_and_apply(web, _reference_body(source_id, target), reload_anyway=True)
+    except Refused:
+        if not existed:
+            _remove_quietly(target)
+        raise
+    log.info("setup API: frame %d saved as the alignment reference %s", view.frame.index, target)
+    answer["reference"] = target
+    answer["frame"] = {"index": view.frame.index, "width": int(image.shape[1]), "height": int(image.shape[0])}
+    return answer
+
+
+def _remove_quietly(path):
+    try:
+        os.unlink(path)
+    except OSError as exc:
+        log.warning("could not remove %s: %s", path, exc)
+
+
+def _query_value(request, name):
+    values = [v for k, v in parse_qsl(urlsplit(request.path).query) if k == name]
+    return values[0] if values else None
 
 
 # -- GET/POST /api/preview ----------------------------------------------------------------------
@@ -367,6 +467,7 @@ def preview(web, overrides, with_frame=False):
                 "box": [int(v) for v in reading.box],
                 "digit": reading.digit,
                 "confidence": round(float(reading.confidence), 4),
+                "transition": bool(reading.transition),
                 "empty": bool(item.empty),
                 "empty_reason": item.reason or None,
                 "tensor": tensor.tolist(),
@@ -379,6 +480,7 @@ def preview(web, overrides, with_frame=False):
         frame["jpeg"] = _image_data_url(image, side=max(image.shape[:2]))
     return {
         "frame": frame,
+        "alignment": prepared.alignment,
         "number": Reader.frame_payload(readings)["number"],
         "outline": None
         if outline is None

@@ -1,5 +1,5 @@
 """HTTP: /healthz, /metrics, /snapshot.jpg, /stream.mjpg, / (upload page), POST /predict, and
-the setup page with its API (/setup, /api/config, /api/preview: daemon.setup_api).
+the setup page with its API (/setup, /api/config, /api/preview, /api/reference: daemon.setup_api).
 
 Standard library server (threaded), so it runs on the Nano's Python 3.6 with no
 web framework. Each path is a small handler function in a routing table; handlers
@@ -348,6 +348,7 @@ ROUTES = {
     ("PUT", "/api/config"): _api(setup_api.put_config),
     ("GET", "/api/preview"): _api(setup_api.get_preview),
     ("POST", "/api/preview"): _api(setup_api.post_preview),
+    ("POST", "/api/reference"): _api(setup_api.post_reference),
 }
 
 

@@ -80,6 +80,22 @@ def test_live_changes_are_separated_from_restart_changes():
     assert restart == ["source.fps"]
 
 
+def test_a_box_style_must_be_one_of_the_known_ones_and_check_config_names_the_key(tmp_path):
+    path = tmp_path / "meter.yaml"
+    path.write_text(
+        "source: {type: v4l2}\nroi:\n  mode: boxes\n  boxes:\n"
+        "    - {id: d0, x: 0, y: 0, w: 20, h: 30, style: drum}\n"
+        "    - {id: d1, x: 20, y: 0, w: 20, h: 30, style: lcd}\n"
+    )
+    result = run_cli("check-config", "-c", path)
+    assert result.returncode == 78
+    assert (
+        "roi.boxes[1].style: 'lcd' is not one of auto, drum, segments, handwritten, printed" in result.stderr
+    )
+    path.write_text(path.read_text().replace("style: lcd", "style: segments"))
+    assert [b.style for b in config.load(path).roi.boxes] == ["drum", "segments"]
+
+
 def test_check_config_cli_exits_78_naming_all_three_errors(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text(

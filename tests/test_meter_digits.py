@@ -1,9 +1,12 @@
 """Meter digits made here and held out from training (FreeFont drums, seven segments from a
 seed training never uses), read by the shipped model: the issue's floors."""
 
+import numpy as np
 import pytest
 
+from daemon import config
 from daemon.model_meta import TRANSITION_CLASS
+from daemon.reader import Reader
 from engine_build import eval_meters, meter_digits
 from tests.helpers import needs_meter_model
 
@@ -41,3 +44,52 @@ def test_every_digit_and_the_transition_class_are_drawn():
     images, labels = meter_digits.render_meter_digits(600, np.random.default_rng(1))
     assert images.shape[1:] == (28, 28) and len(images) == len(labels) > 550
     assert set(labels.tolist()) == set(range(10)) | {TRANSITION_CLASS}
+
+
+def read_as_boxes(reader, crops, brights, style, columns=20, cell=(48, 48)):
+    """The crops side by side in one frame, each in a box of digit ``style`` with its polarity
+    set, read by the daemon's Reader: the payload's ``rois``."""
+    rows = (len(crops) + columns - 1) // columns
+    frame = np.full((rows * cell[1], columns * cell[0], 3), 128, np.uint8)
+    boxes = []
+    for index, (crop, bright) in enumerate(zip(crops, brights)):
+        y, x = (index // columns) * cell[1], (index % columns) * cell[0]
+        height, width = crop.shape[:2]
+        frame[y : y + height, x : x + width] = crop
+        polarity = "light_on_dark" if bright else "dark_on_light"
+        boxes.append(
+            {
+                "id": "b%d" % index,
+                "x": x,
+                "y": y,
+                "w": width,
+                "h": height,
+                "polarity": polarity,
+                "style": style,
+            }
+        )
+    settings = config.from_dict({"source": {"type": "v4l2"}, "roi": {"mode": "boxes", "boxes": boxes}})
+    boxes_reader = Reader.from_config(settings, reader.backend, reader.lock)
+    image = boxes_reader.prepare(frame)
+    return Reader.frame_payload(boxes_reader.readings(image, boxes_reader.infer(image.prepared)))["rois"]
+
+
+@needs_meter_model
+def test_a_drum_box_reports_rolling_drums_and_a_segments_box_never_does(reader):
+    rng = np.random.default_rng(eval_meters.HELD_OUT_SEED + 1)
+    rolling, labels, brights = meter_digits.render_crops(
+        200, rng, held_out=True, transition_share=1.0, segment_share=0.0
+    )
+    assert labels.count(TRANSITION_CLASS) > 190
+    as_drums = read_as_boxes(reader, rolling, brights, "drum")
+    reported = sum(1 for r in as_drums if r.get("transition"))
+    assert reported >= 0.9 * len(rolling) and all(r["digit"] is None for r in as_drums if r.get("transition"))
+    as_segments = read_as_boxes(reader, rolling, brights, "segments")
+    assert not any("transition" in r for r in as_segments)
+    assert all(r["digit"] is None or 0 <= r["digit"] <= 9 for r in as_segments)
+    # seven-segment digits themselves read as well in a segments box as in an auto one
+    segments, labels, brights = meter_digits.render_crops(300, rng, held_out=True, segment_share=1.0)
+    for style in ("segments", "auto"):
+        read = [r["digit"] for r in read_as_boxes(reader, segments, brights, style)]
+        right = sum(1 for digit, label in zip(read, labels) if digit == label)
+        assert right >= 0.97 * len(labels), (style, right)

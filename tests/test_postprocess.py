@@ -66,3 +66,35 @@ def test_a_drum_in_transition_reads_as_no_digit_and_says_so():
     assert (settled.digit, settled.transition) == (7, False)
     payload = Reader.frame_payload([rolling, settled])
     assert payload["rois"][0]["transition"] is True and "transition" not in payload["rois"][1]
+
+
+def test_a_drum_the_model_calls_rolling_is_in_transition_even_when_not_a_digit_beats_the_digits():
+    """p(transition) 0.999, p(not a digit) 0.001, digits 0: the drum is rolling. It reads as in
+    transition and keeps its place in the number as '?' (a mark would drop out of it)."""
+    region = type("Region", (), {"id": "d1", "box": (0, 0, 10, 20), "line": 0, "cell": None})()
+    rolling = postprocess.reading_for(region, [0.0] * 10 + [0.001, 0.999], 0.5)
+    assert (rolling.digit, rolling.transition, rolling.mark) == (None, True, False)
+    assert postprocess.compose_number([reading("d0", 4), rolling, reading("d2", 7)]) == "4?7"
+    blot = postprocess.reading_for(region, [0.0] * 10 + [0.9, 0.1], 0.5)
+    assert (blot.digit, blot.transition, blot.mark) == (None, False, True)
+    tie = postprocess.reading_for(region, [0.0] * 10 + [0.5, 0.5], 0.5)
+    assert tie.mark and not tie.transition
+
+
+def test_a_box_that_cannot_roll_never_reads_as_in_transition_the_digit_decides():
+    """A seven-segment, handwritten or printed box: the transition class is taken out and the
+    rest renormalised; a drum (or auto) box keeps it."""
+    probabilities = [0.0] * 5 + [0.3] + [0.0] * 4 + [0.1, 0.6]  # 5: 0.3, not a digit: 0.1, rolling: 0.6
+
+    def box(style):
+        return type("Box", (), {"id": "d0", "box": (0, 0, 10, 20), "line": 0, "cell": None, "style": style})()
+
+    for style in ("drum", "auto"):
+        rolling = postprocess.reading_for(box(style), probabilities, 0.5)
+        assert (rolling.digit, rolling.transition) == (None, True)
+    for style in ("segments", "handwritten", "printed"):
+        read = postprocess.reading_for(box(style), probabilities, 0.5)
+        assert (read.digit, read.transition, read.mark) == (5, False, False)
+        assert abs(read.confidence - 0.75) < 1e-6  # 0.3 of the 0.4 left
+    unsure = postprocess.reading_for(box("segments"), [0.0] * 5 + [0.1] + [0.0] * 4 + [0.3, 0.6], 0.5)
+    assert (unsure.digit, unsure.transition, unsure.mark) == (None, False, True)

@@ -7,13 +7,16 @@ import time
 import urllib.error
 import urllib.request
 
+import cv2
+import numpy as np
 import pytest
+import yaml
 
 from daemon import config
 from daemon.pipeline import Pipeline
 from daemon.sources import FrameSource
 from daemon.web import WebServer
-from tests.helpers import MODELS, RecordingPublisher
+from tests.helpers import MODELS, RecordingPublisher, boxes_around
 from tests.synthetic import two_digit_frame
 
 TOKEN = "test-token-0123456789abcdef"
@@ -71,19 +74,24 @@ def serve(tmp_path, mnist_test, monkeypatch):
     monkeypatch.setenv("DIGITD_TEST_MQTT_PASSWORD", MQTT_SECRET)
     started = []
 
-    def start(token="${DIGITD_TEST_TOKEN}"):
+    def start(token="${DIGITD_TEST_TOKEN}", text=CONFIG_TEXT, frame=None, run=True):
+        """``text``: the config file (``{model}``, ``{token}`` filled in); ``frame``: what the
+        camera shows (default two MNIST digits); ``run`` False: no frame is ever read."""
         path = tmp_path / "config.yaml"
-        path.write_text(CONFIG_TEXT.format(model=MODELS / "digits.onnx", token=json.dumps(token)))
+        path.write_text(text.format(model=MODELS / "digits.onnx", token=json.dumps(token)))
         settings = config.load(str(path))
-        frame, labels, _ = two_digit_frame(mnist_test, 0, 1)
+        digits, labels, _ = two_digit_frame(mnist_test, 0, 1)
         publisher = RecordingPublisher()
-        pipeline = Pipeline(settings, StillCamera(frame), publisher).open()
-        runner = threading.Thread(target=pipeline.run)
-        runner.start()
+        picture = digits if frame is None else frame
+        cameras = {item.id: StillCamera(picture) for item in settings.sources} or StillCamera(picture)
+        pipeline = Pipeline(settings, cameras, publisher).open()
+        runner = threading.Thread(target=pipeline.run) if run else None
+        if runner is not None:
+            runner.start()
         web = WebServer(settings.http, pipeline, str(path)).start()
         started.append((web, pipeline, runner))
         deadline = time.monotonic() + 20
-        while pipeline.latest_view() is None and time.monotonic() < deadline:
+        while run and pipeline.latest_view() is None and time.monotonic() < deadline:
             time.sleep(0.05)
         return web, pipeline, publisher, path, labels
 
@@ -91,7 +99,8 @@ def serve(tmp_path, mnist_test, monkeypatch):
     for web, pipeline, runner in started:
         web.stop()
         pipeline.stop()
-        runner.join(10)
+        if runner is not None:
+            runner.join(10)
         pipeline.close()
 
 
@@ -121,12 +130,19 @@ def test_get_config_shows_the_file_with_secrets_masked(serve):
     status, _, body = call(web, "GET", "/api/config")
     assert status == 200
     assert body["config"]["mqtt"]["password"] == "***" and body["config"]["http"]["token"] == "***"
-    # every key of a box, defaults included (a box's own polarity: auto)
+    # every key of a box, defaults included (a box's own polarity and digit style: auto)
     assert body["config"]["roi"]["boxes"] == [
-        dict(boxes_payload(("left", 100, 140, 200, 200))[0], polarity="auto")
+        dict(boxes_payload(("left", 100, 140, 200, 200))[0], polarity="auto", style="auto")
     ]
     assert body["token_required"] is True and body["restart_pending"] == []
     assert body["fields"]["preprocess.threshold"]["choices"] == ["otsu", "fixed", "adaptive"]
+    assert body["fields"]["roi.boxes[].style"]["choices"] == [
+        "auto",
+        "drum",
+        "segments",
+        "handwritten",
+        "printed",
+    ]
     text = json.dumps(body)
     assert TOKEN not in text and MQTT_SECRET not in text
 
@@ -250,3 +266,170 @@ def test_the_setup_page_and_the_raw_frame_are_served(serve):
     assert "digitd setup on desk-01" in page and 'id="stage"' in page
     with urllib.request.urlopen(url + "/snapshot.jpg?raw=1", timeout=10) as response:
         assert response.headers["Content-Type"] == "image/jpeg" and int(response.headers["X-Frame-Index"]) > 0
+
+
+# -- POST /api/reference: the newest frame becomes the alignment reference ---------------------
+@pytest.fixture(scope="module")
+def meter():
+    """(a meter frame at 27051 and one at 27068 with the same drum boxes, the config text
+    with those boxes): white FreeFont drums on black, held out from training."""
+    meter_digits = pytest.importorskip("engine_build.meter_digits")
+    fonts = meter_digits.drum_fonts(held_out=True)
+    if not fonts:
+        pytest.fail("fonts-freefont-ttf is needed (make test installs it)")
+    glyphs = [meter_digits.fonts.render_glyph(fonts[0], digit) for digit in range(10)]
+    first, boxes = meter_digits.counter_frame(27051.0, glyphs, count=5)
+    later, _ = meter_digits.counter_frame(27068.0, glyphs, count=5)
+    lines = "".join(
+        "    - {{id: %(id)s, x: %(x)d, y: %(y)d, w: %(w)d, h: %(h)d, polarity: %(polarity)s}}\n" % box
+        for box in boxes_around(boxes)
+    )
+    text = CONFIG_TEXT.replace(
+        "    - {{id: left, x: 100, y: 140, w: 200, h: 200}}   # the first digit\n", lines
+    )
+    return first, later, text
+
+
+def shifted(image, dx, dy):
+    matrix = np.float32([[1, 0, dx], [0, 1, dy]])
+    return cv2.warpAffine(image, matrix, image.shape[1::-1], borderMode=cv2.BORDER_REPLICATE)
+
+
+def next_prediction(publisher, after=None, timeout=10, topic="prediction"):
+    """The first prediction published after this call (``after``: a condition it must meet)."""
+    seen = len(publisher.payloads(topic))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for payload in publisher.payloads(topic)[seen:]:
+            if after is None or after(payload):
+                return payload
+        time.sleep(0.05)
+    raise AssertionError("no such prediction within %s s" % timeout)
+
+
+def test_the_newest_frame_becomes_the_reference_and_a_camera_moved_by_20_px_still_reads_right(serve, meter):
+    first, later, text = meter
+    web, pipeline, publisher, path, _ = serve(text=text, frame=first)
+    assert "alignment" not in next_prediction(publisher)  # no reference yet
+    before = path.read_bytes()
+    reference = path.parent / "reference-default.png"
+
+    # the setup API's rules: the token, and the page's own origin
+    assert call(web, "POST", "/api/reference", {})[0] == 401
+    evil = {"Origin": "http://evil.example"}
+    assert call(web, "POST", "/api/reference", {}, evil, token=TOKEN)[0] == 403
+    assert path.read_bytes() == before and not reference.exists()
+
+    status, _, answer = call(web, "POST", "/api/reference", {}, token=TOKEN)
+    assert status == 200, answer
+    assert answer["reference"] == str(reference) and answer["changed"] == ["roi.align.reference"]
+    assert answer["applied_live"] == ["roi.align.reference"] and answer["backup"] == str(path) + ".bak"
+    saved = cv2.imread(str(reference), cv2.IMREAD_UNCHANGED)
+    assert saved is not None and np.array_equal(saved, first), "the PNG holds the frame, pixel for pixel"
+    on_disk = path.read_text()
+    assert yaml.safe_load(on_disk)["roi"]["align"]["reference"] == str(reference)
+    assert "# my camera on the desk" in on_disk and "threshold: otsu   # try fixed" in on_disk
+    assert config.load(str(path)).roi.align.reference == str(reference)  # as check-config reads it
+    assert call(web, "GET", "/api/config")[2]["config"]["roi"]["align"]["reference"] == str(reference)
+
+    # the camera is knocked 20 px to the right and 12 up while the meter moves on
+    pipeline.source.image = shifted(later, 20, -12)
+    moved = next_prediction(publisher, lambda p: p.get("alignment") and abs(p["alignment"]["dx"] - 20) < 1)
+    assert moved["number"] == "27068" and moved["alignment"]["ok"]
+    assert abs(moved["alignment"]["dy"] + 12) < 1, moved["alignment"]
+
+    # turned off from the page: the boxes are cut where they are drawn again, the file stays
+    status, _, answer = call(web, "PUT", "/api/config", {"roi": {"align": {"reference": ""}}}, token=TOKEN)
+    assert status == 200 and answer["applied_live"] == ["roi.align.reference"], answer
+    unaligned = next_prediction(publisher, lambda p: "alignment" not in p)  # frames queued before: aligned
+    assert unaligned["number"] != "27068"
+    assert yaml.safe_load(path.read_text())["roi"]["align"]["reference"] == "" and reference.exists()
+
+
+def test_saving_the_reference_again_replaces_the_image_and_applies_it(serve, meter):
+    first, later, text = meter
+    web, pipeline, publisher, path, _ = serve(text=text, frame=first)
+    assert call(web, "POST", "/api/reference", {}, token=TOKEN)[0] == 200
+    pipeline.source.image = shifted(later, 20, 0)  # the camera moved; the user takes a new reference
+    next_prediction(publisher, lambda p: abs(p["alignment"]["dx"] - 20) < 1)
+    next_prediction(publisher)  # published after that one: the newest frame is the moved picture
+    status, _, answer = call(web, "POST", "/api/reference", {}, token=TOKEN)
+    assert status == 200 and answer["changed"] == [], answer  # the same file name: only the image changed
+    saved = cv2.imread(answer["reference"], cv2.IMREAD_UNCHANGED)
+    assert np.array_equal(saved, shifted(later, 20, 0))
+    # registered to the new reference (no shift), not the old one (20 px), from the next frames on
+    # (the boxes stay where they were drawn: on the new reference they are to be drawn again)
+    aligned = next_prediction(publisher, lambda p: abs(p["alignment"]["dx"]) < 1)
+    assert aligned["alignment"]["ok"] and abs(aligned["alignment"]["dy"]) < 1
+
+
+def test_a_reference_before_the_first_frame_is_409_and_nothing_is_written(serve, meter):
+    first, _, text = meter
+    web, _, _, path, _ = serve(text=text, frame=first, run=False)
+    before = path.read_bytes()
+    status, headers, answer = call(web, "POST", "/api/reference", {}, token=TOKEN)
+    assert status == 409 and "no frame" in answer["error"] and headers["Retry-After"] == "1"
+    assert path.read_bytes() == before and not (path.parent / "reference-default.png").exists()
+
+
+def test_a_reference_that_cannot_be_written_is_500_with_the_reason_and_nothing_changes(serve, meter):
+    first, _, text = meter
+    web, pipeline, _, path, _ = serve(text=text, frame=first)
+    before = path.read_bytes()
+    (path.parent / "reference-default.png").mkdir()  # the place is taken (as root, permissions are not)
+    status, _, answer = call(web, "POST", "/api/reference", {}, token=TOKEN)
+    assert status == 500, answer
+    assert "cannot write the reference frame" in answer["error"] and "Is a directory" in answer["error"]
+    assert path.read_bytes() == before and pipeline.config.roi.align.reference == ""
+    assert [p.name for p in path.parent.iterdir() if p.name.startswith(".digitd-")] == []
+
+
+TWO_CAMERAS = """\
+# two meters
+device_id: cellar-01
+backend:
+  type: onnxruntime
+  onnx_model: {model}
+sources:
+  - id: water   # the cold water meter
+    type: images
+    path: .
+    roi:
+      mode: boxes
+      boxes:
+BOXES
+  - id: gas
+    type: images
+    path: .
+    roi:
+      mode: boxes
+      boxes:
+BOXES
+http:
+  enabled: true
+  port: 0
+  token: {token}
+mqtt:
+  enabled: false
+"""
+
+
+def test_with_several_cameras_the_reference_is_saved_for_the_camera_asked_for(serve, meter):
+    first, later, text = meter
+    boxes = "\n".join(
+        "      " + line.strip() for line in text.splitlines() if line.strip().startswith("- {{id: d")
+    )
+    web, pipeline, publisher, path, _ = serve(text=TWO_CAMERAS.replace("BOXES", boxes), frame=first)
+    status, _, answer = call(web, "POST", "/api/reference?source=gas", {}, token=TOKEN)
+    assert status == 200, answer
+    reference = path.parent / "reference-gas.png"
+    assert answer["reference"] == str(reference) and np.array_equal(cv2.imread(str(reference)), first)
+    on_disk = path.read_text()
+    water, gas = yaml.safe_load(on_disk)["sources"]
+    assert gas["roi"]["align"]["reference"] == str(reference) and "align" not in water["roi"]
+    assert "- id: water   # the cold water meter" in on_disk
+    for camera in pipeline.cameras:
+        camera.source.image = shifted(later, 20, -12)
+    moved = next_prediction(publisher, lambda p: abs(p["alignment"]["dx"] - 20) < 1, topic="gas/prediction")
+    assert moved["number"] == "27068"
+    assert call(web, "POST", "/api/reference?source=oil", {}, token=TOKEN)[0] == 404

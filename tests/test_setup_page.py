@@ -278,3 +278,66 @@ def test_readme_walkthrough_two_boxes_and_a_threshold_on_the_demo_video(tmp_path
         assert comments_after == comments_before
     finally:
         assert stop(process) == 0
+
+
+def test_use_this_frame_as_the_reference_pick_a_box_style_save_and_turn_alignment_off(tmp_path, chromium):
+    """The meter's alignment reference taken from the page, a box's digit style picked in the
+    box table; a later Save keeps the reference; alignment turned off again."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    from engine_build import meter_digits
+    from tests.helpers import boxes_around
+
+    fonts = meter_digits.drum_fonts(held_out=True)
+    if not fonts:
+        pytest.fail("fonts-freefont-ttf is needed (make test installs it)")
+    glyphs = [meter_digits.fonts.render_glyph(fonts[0], digit) for digit in range(10)]
+    frame, boxes = meter_digits.counter_frame(27051.0, glyphs, count=5)
+    video = still_video(tmp_path / "meter.avi", frame)
+    port = free_port()
+    config_path = write_config(
+        tmp_path / "config.yaml",
+        source={"type": "file", "path": str(video), "loop": True, "realtime": True},
+        backend={"type": "onnxruntime"},
+        roi={"mode": "boxes", "boxes": boxes_around(boxes)},
+        http={"port": port, "token": "${DIGITD_TEST_HTTP_TOKEN}"},
+        mqtt={"enabled": False},
+    )
+    reference = str(tmp_path / "reference-default.png")
+    process = run_daemon(config_path, env=dict(os.environ, DIGITD_TEST_HTTP_TOKEN=TOKEN))
+    try:
+        wait_http(process, port)
+        chromium.set_window_size(1300, 1000)
+        chromium.get("http://127.0.0.1:%d/setup" % port)
+        until(chromium, lambda: chromium.find_elements(By.ID, "box-4-style"))
+        state = chromium.find_element(By.ID, "align-state")
+        status = chromium.find_element(By.ID, "status")
+        assert state.text.startswith("off")
+        assert not chromium.find_element(By.ID, "reference-off").is_enabled()
+        chromium.find_element(By.ID, "token").send_keys(TOKEN)
+
+        chromium.find_element(By.ID, "reference-capture").click()
+        until(chromium, lambda: status.text.startswith(("Frame", "Not saved")))
+        assert status.text.endswith("saved as the reference: %s. Alignment is on." % reference), status.text
+        assert cv2.imread(reference) is not None
+        assert yaml.safe_load(config_path.read_text())["roi"]["align"]["reference"] == reference
+        until(chromium, lambda: "this frame: shifted" in state.text)  # the preview is registered to it
+        assert state.text.startswith("on: each frame is registered to " + reference)
+        if DOCS:
+            chromium.save_screenshot(str(ROOT / "docs" / "setup-reference.png"))
+
+        # the last box shows a seven-segment digit: its style, then Save; the reference stays
+        Select(chromium.find_element(By.ID, "box-4-style")).select_by_value("segments")
+        assert save(chromium).startswith("Saved")
+        data = yaml.safe_load(config_path.read_text())
+        assert [b.get("style", "auto") for b in data["roi"]["boxes"]] == ["auto"] * 4 + ["segments"]
+        assert data["roi"]["align"]["reference"] == reference
+
+        chromium.find_element(By.ID, "reference-off").click()
+        until(chromium, lambda: status.text.startswith(("Alignment is off", "Not saved")))
+        assert status.text == "Alignment is off (the reference file is kept).", status.text
+        assert state.text.startswith("off")
+        assert yaml.safe_load(config_path.read_text())["roi"]["align"]["reference"] == ""
+    finally:
+        assert stop(process) == 0
