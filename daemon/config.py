@@ -692,6 +692,11 @@ def _check_roi(roi, prefix, check):
         (prefix + ".align.reference",),
         "%s.align.reference: no such file %s" % (prefix, roi.align.reference),
     )
+    check(
+        not roi.align.reference or not os.path.isfile(roi.align.reference) or _is_image(roi.align.reference),
+        (prefix + ".align.reference",),
+        "%s.align.reference: %s is not an image OpenCV can read" % (prefix, roi.align.reference),
+    )
     seen = set()
     for index, box in enumerate(roi.boxes):
         path = "%s.boxes[%d].id" % (prefix, index)
@@ -741,6 +746,16 @@ def _read_password_file(config, errors):
 
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _is_image(path):
+    """Whether OpenCV decodes ``path`` as an image (a reference frame must be one: the capture
+    loop registers every frame to it)."""
+    import cv2
+
+    return cv2.imread(path, cv2.IMREAD_GRAYSCALE) is not None
+
+
 MODEL_KEYS = ("onnx_model", "keras_model", "engine")
 
 

@@ -1,5 +1,7 @@
 """config.yaml schema: defaults, errors with paths, secrets, check-config exit codes."""
 
+import cv2
+import numpy as np
 import pytest
 
 from daemon import config
@@ -94,6 +96,19 @@ def test_a_box_style_must_be_one_of_the_known_ones_and_check_config_names_the_ke
     )
     path.write_text(path.read_text().replace("style: lcd", "style: segments"))
     assert [b.style for b in config.load(path).roi.boxes] == ["drum", "segments"]
+
+
+def test_a_reference_frame_that_is_not_an_image_is_a_config_error_not_a_crash(tmp_path):
+    """The capture loop registers every frame to the reference: a file that does not decode
+    must be refused where the config is checked (check-config, SIGHUP, the setup page's Save)."""
+    reference = tmp_path / "reference.png"
+    reference.write_bytes(b"this is not a PNG")
+    with pytest.raises(config.ConfigError) as error:
+        config.from_dict({"source": {"type": "v4l2"}, "roi": {"align": {"reference": str(reference)}}})
+    assert error.value.errors == ["roi.align.reference: %s is not an image OpenCV can read" % reference]
+    cv2.imwrite(str(reference), np.zeros((40, 60), np.uint8))
+    loaded = config.from_dict({"source": {"type": "v4l2"}, "roi": {"align": {"reference": str(reference)}}})
+    assert loaded.roi.align.reference == str(reference)
 
 
 def test_check_config_cli_exits_78_naming_all_three_errors(tmp_path):
