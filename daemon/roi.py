@@ -577,6 +577,30 @@ def _blank_paper(crop, mask):
     return crop
 
 
+# A frame whose 1/8 thumbnail differs from the last verified one by at most this many grey
+# levels on average (and GRID_STILL_MAX_DIFF anywhere) shows the same grid in the same place:
+# a still camera's sensor noise averages out in the thumbnail; a hand, a move or a new page
+# does not.
+GRID_STILL_MEAN_DIFF = 3.0
+GRID_STILL_MAX_DIFF = 24
+
+
+def _thumbnail(gray):
+    """The frame reduced 8 times (an integer factor: OpenCV's fast INTER_AREA path)."""
+    height, width = gray.shape[0] // 8, gray.shape[1] // 8
+    if height < 4 or width < 4:
+        return gray
+    return cv2.resize(gray[: height * 8, : width * 8], (width, height), interpolation=cv2.INTER_AREA)
+
+
+def _unchanged(before, now):
+    """Whether two thumbnails show the same scene (see GRID_STILL_MEAN_DIFF)."""
+    if before is None or before.shape != now.shape:
+        return False
+    difference = cv2.absdiff(before, now)
+    return cv2.mean(difference)[0] <= GRID_STILL_MEAN_DIFF and int(difference.max()) <= GRID_STILL_MAX_DIFF
+
+
 def _order_corners(points):
     """Four points as (tl, tr, br, bl)."""
     points = np.asarray(points, np.float32).reshape(-1, 2)
@@ -616,7 +640,8 @@ class GridRoi(object):
         self.region = region
         self.locate = locate
         self.cell_px = cell_px
-        self._tracked = None  # (searched image shape, corners there, score when found)
+        # (searched image shape, corners there, score when found, thumbnail of the frame)
+        self._tracked = None
 
     def find_grid(self, gray):
         """Corners (tl, tr, br, bl) of the grid's outer frame, or None.
@@ -628,12 +653,16 @@ class GridRoi(object):
         not the verdict. On a camera's next frames the grid found is kept while it still
         scores as well (GRID_TRACK_DROP): the search runs again only when it moved."""
         scale = min(1.0, float(GRID_WORK_SIZE) / max(gray.shape))
+        thumbnail = _thumbnail(gray)
+        tracked = self._tracked
+        if tracked is not None and _unchanged(tracked[3], thumbnail):
+            return (tracked[1] / scale).astype(np.float32)  # a still camera: nothing moved
         # INTER_AREA: bilinear here loses thin grid lines (one real photo's grid not found)
         work = cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else gray
         mask = _ink_mask(work, block_fraction=0.04, offset=6)
-        tracked = self._tracked
         if tracked is not None and tracked[0] == mask.shape:
             if self._grid_score(mask, tracked[1]) >= max(GRID_MIN_SCORE, tracked[2] - GRID_TRACK_DROP):
+                self._tracked = tracked[:3] + (thumbnail,)
                 return (tracked[1] / scale).astype(np.float32)
         min_area = GRID_MIN_AREA * work.shape[0] * work.shape[1]
         candidates = []
@@ -660,7 +689,7 @@ class GridRoi(object):
         refined, refined_score = self._refine(mask, best, best_score)
         if refined_score > best_score + GRID_REFINE_GAIN:
             best, best_score = refined, refined_score
-        self._tracked = (mask.shape, best, best_score)
+        self._tracked = (mask.shape, best, best_score, thumbnail)
         return (best / scale).astype(np.float32)
 
     def _refine(self, mask, quad, quad_score):
