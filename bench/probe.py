@@ -1,8 +1,13 @@
 """Run the pipeline in this process on a video and print one JSON line of measurements.
 
-    python -m bench.probe --video V --backend onnxruntime [--boxes 8] [--sources 2] [--realtime] [--mqtt-port P]
+    python -m bench.probe --video V --backend onnxruntime [--boxes 8] [--sources 2] [--realtime]
+        [--mqtt-port P] [--record FILE]
 
 Used by bench.run in a fresh process per configuration, so RSS and start-up are clean.
+Thread settings are the daemon's (config defaults) unless given. ``--record`` writes, per
+frame, when the source began reading it (before decode), when it was decoded (the
+payload's ``ts``) and the number published, so bench.run can match what a subscriber
+received to the moment the frame was read.
 """
 
 import argparse
@@ -24,10 +29,11 @@ def parse_args(argv=None):
     parser.add_argument("--mqtt-port", type=int, default=0)
     parser.add_argument("--max-frames", type=int, default=0, help="per camera")
     parser.add_argument("--sources", type=int, default=1, help="cameras in one pipeline, each the video")
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=None, help="backend.threads (default: the config's)")
     parser.add_argument(
-        "--opencv-threads", type=int, default=None, help="cv2.setNumThreads (default: OpenCV's)"
+        "--opencv-threads", type=int, default=None, help="service.opencv_threads (default: the config's)"
     )
+    parser.add_argument("--record", default=None, help="write per-frame times and numbers (JSON) here")
     parser.add_argument(
         "--max-wait-ms", type=float, default=None, help="batching.max_wait_ms (default: the config's)"
     )
@@ -54,15 +60,45 @@ def box_grid(count, width, height):
     ]
 
 
+def record_frames(pipeline):
+    """{frame index: {read_started, decoded, number}}, filled while ``pipeline`` runs.
+
+    ``read_started`` is taken just before the source reads (and decodes) a frame,
+    ``decoded`` is the frame's own timestamp (after decode; the payload's ``ts``)."""
+    from daemon.reader import Reader
+
+    frames = {}
+    for source_class in {type(camera.source) for camera in pipeline.cameras}:
+        read_image, make_frame = source_class._read_image, source_class._make_frame
+
+        def timed_read_image(source, read_image=read_image):
+            source.bench_read_started = time.time()
+            return read_image(source)
+
+        def timed_make_frame(source, image, make_frame=make_frame):
+            frame = make_frame(source, image)
+            frames[frame.index] = {"read_started": source.bench_read_started, "decoded": frame.timestamp}
+            return frame
+
+        source_class._read_image, source_class._make_frame = timed_read_image, timed_make_frame
+    published = pipeline._publish_frame
+
+    def publish_frame(work, readings):
+        published(work, readings)
+        frames[work.frame.index]["number"] = Reader.frame_payload(readings)["number"]
+
+    pipeline._publish_frame = publish_frame
+    return frames
+
+
 def main(args):
     import cv2
     import numpy as np
 
     from daemon import config as config_module
+    from daemon import sources
     from daemon.pipeline import Pipeline
 
-    if args.opencv_threads is not None:
-        cv2.setNumThreads(args.opencv_threads)
     capture = cv2.VideoCapture(args.video)
     width, height = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
     capture.release()
@@ -74,10 +110,14 @@ def main(args):
         "device_id": "bench",
         "log_level": "WARNING",
         "stats_interval_s": 3600,
-        "backend": {"type": args.backend, "threads": args.threads},
+        "backend": {"type": args.backend},
         "mqtt": mqtt,
         "http": {"enabled": False},
     }
+    if args.threads is not None:
+        settings["backend"]["threads"] = args.threads
+    if args.opencv_threads is not None:
+        settings["service"] = {"opencv_threads": args.opencv_threads}
     if args.max_wait_ms is not None:
         settings["batching"] = {"max_wait_ms": args.max_wait_ms}
     camera = {"type": "file", "path": args.video, "realtime": args.realtime}
@@ -86,7 +126,12 @@ def main(args):
     else:
         settings.update(source=camera, roi=roi)
     config = config_module.from_dict(settings)
-    pipeline = Pipeline(config).open()
+    pipeline = Pipeline(config)
+    if args.record:  # the sources made here, so their reads are timed from the first frame
+        for camera in pipeline.cameras:
+            camera.source = sources.create_source(camera.settings)
+        recorded = record_frames(pipeline)
+    pipeline.open()
     loaded = time.monotonic()
     first_output = [None]
     original = pipeline._publish_frame
@@ -125,7 +170,12 @@ def main(args):
         "startup_to_first_prediction_s": round((first_output[0] or time.monotonic()) - STARTED, 3),
         "peak_rss_mb": peak_rss_mb(),
     }
+    result["opencv_threads"] = config.service.opencv_threads
+    result["backend_threads"] = config.backend.threads
     pipeline.close()
+    if args.record:
+        with open(args.record, "w") as out:
+            json.dump(recorded, out)
     print(json.dumps(result))
     return 0
 
