@@ -795,7 +795,7 @@ class GridRoi(object):
         xs, ys = np.meshgrid(np.arange(self.cols) * cell, np.arange(self.rows) * cell)
         starts = np.stack([xs.ravel(), ys.ravel()], axis=1).astype(np.float32)
         corners_back = cv2.perspectiveTransform(
-            np.concatenate([starts, starts + cell]).reshape(-1, 1, 2), np.linalg.inv(warp)
+            np.concatenate([starts, starts + cell]).reshape(-1, 1, 2), cv2.invert(warp)[1]
         ).reshape(2, -1, 2)
         # the cells inherit the grid's polarity: it was judged once, on the whole flat grid
         polarity = "light_on_dark" if ink_bright else "dark_on_light"
