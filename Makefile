@@ -46,7 +46,7 @@ help:
 	@echo "make eval          accuracy, per-class table and confusion matrices"
 	@echo "make eval-real     read the 160 real sudoku photos in ../shared: figures + failure images"
 	@echo "make eval-meters   read held-out meter digits made here (FreeFont drums, seven segments, transitions)"
-	@echo "make build-engine  ONNX -> TensorRT engine (on the Jetson)"
+	@echo "make build-engine  ONNX -> TensorRT engine (on the Jetson; MODEL=small for the small network)"
 	@echo "make jetson-check  what this device has (L4T, TensorRT, CUDA, OpenCV+GStreamer, pycuda, cameras)"
 	@echo "make install       install under PREFIX=$(PREFIX) with the systemd unit (DESTDIR supported)"
 	@echo "make bench         benchmarks -> bench/results/ (quick; BENCH_ARGS=--full: 1,000 frames per run)"
@@ -209,9 +209,11 @@ uninstall:
 	rm -f $(DESTDIR)$(SYSTEMDDIR)/digitd.service $(DESTDIR)$(SYSUSERSDIR)/digitd.conf
 	@echo "kept $(DESTDIR)$(SYSCONFDIR)/digitd (your config) and the digitd user"
 
+# MODEL=small builds the small network's engine (models/small.fp16.engine) beside digitnet's
+MODEL ?= digits
 build-engine:
 	@py=python3; [ -x $(PY) ] && py=$(PY); \
-	$$py -m daemon.tensorrt.build --onnx models/digits.onnx
+	$$py -m daemon.tensorrt.build --onnx models/$(MODEL).onnx
 
 # Quick mode (about 10 minutes here); make bench BENCH_ARGS=--full for 1,000 frames per run.
 bench: $(STAMP) mosquitto sevenzip

@@ -453,3 +453,17 @@ def test_daemon_publishes_over_mosquitto_with_the_tensorrt_backend(
     truth = json.loads((ROOT / "samples" / "demo.mp4.labels.json").read_text())["truth"]
     right = sum(p["rois"][0]["digit"] == truth[p["frame"] - 1] for p in predictions)
     assert right >= 0.95 * len(predictions)
+
+
+def test_each_network_builds_its_own_engine_beside_its_onnx(trt_sim, model_dir):
+    """`make build-engine MODEL=small`: the small network's engine must not overwrite digitnet's."""
+    from daemon.tensorrt import build as build_engine
+
+    trt, cuda = trt_sim
+    for name in ("digits.onnx", "digits.onnx.json", "digits.fp16.onnx", "digits.fp16.onnx.json"):
+        shutil.copy(str(model_dir / name), str(model_dir / name.replace("digits", "small")))
+    engine_path, _ = build_engine.build(
+        trt, cuda, model_dir / "small.onnx", None, "fp16", timing_cache=str(model_dir / "timing.cache")
+    )
+    assert engine_path == str(model_dir / "small.fp16.engine")
+    assert (model_dir / "small.fp16.engine").exists() and not (model_dir / "digits.fp16.engine").exists()

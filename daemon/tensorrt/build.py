@@ -283,6 +283,13 @@ def choose_build_path(trt, precision, onnx_path):
     return STRONGLY_TYPED, network_onnx
 
 
+
+def default_engine_path(onnx_path, precision):
+    """``models/small.onnx`` -> ``models/small.fp16.engine``: each network keeps its own engine."""
+    folder, name = os.path.split(str(onnx_path))
+    stem = name[: -len(".onnx")] if name.endswith(".onnx") else name
+    return os.path.join(folder, "%s.%s.engine" % (stem, precision))
+
 def build(
     trt,
     cuda,
@@ -342,7 +349,7 @@ def _build_in_context(
 ):
     precision = precision or default_precision(trt, cuda)
     build_path, network_onnx = choose_build_path(trt, precision, onnx_path)
-    engine_path = engine_path or os.path.join(os.path.dirname(str(onnx_path)), "digits.%s.engine" % precision)
+    engine_path = engine_path or default_engine_path(onnx_path, precision)
     builder = EngineBuilder(trt, cuda, workspace_mib)
     try:
         builder.create_network(network_onnx, profile, strongly_typed=build_path == STRONGLY_TYPED)
@@ -376,7 +383,7 @@ def _build_in_context(
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description="Build a TensorRT engine from the ONNX digit model.")
     parser.add_argument("--onnx", default="models/digits.onnx")
-    parser.add_argument("--engine", default=None, help="default: models/digits.<precision>.engine")
+    parser.add_argument("--engine", default=None, help="default: beside the ONNX file, <name>.<precision>.engine")
     parser.add_argument(
         "--precision", choices=PRECISIONS, default=None, help="default: fp16 if fast, else fp32"
     )
