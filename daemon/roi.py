@@ -11,7 +11,7 @@ import logging
 import cv2
 import numpy as np
 
-from daemon.preprocess import region_ink_is_bright, to_gray
+from daemon.preprocess import components, region_ink_is_bright, to_gray
 
 log = logging.getLogger(__name__)
 
@@ -271,7 +271,7 @@ class SegmentRoi(object):
         work = _reduced(gray, scale)
         mask = _stroke_mask(work)
         mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((2, 2), np.uint8))
-        count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+        count, labels, stats, _ = components(mask)
         min_height = max(6, self.min_height_fraction * work.shape[0])
         boxes = []
         for index in range(1, count):
@@ -848,7 +848,7 @@ class GridRoi(object):
         mask = _ink_mask(flat, block_fraction=0.05, offset=8, ink_bright=ink_bright)
         lines = _long_lines(mask, int(self.cell_px * 1.5))
         strokes = cv2.bitwise_and(mask, cv2.bitwise_not(lines))
-        _, labels, stats, _ = cv2.connectedComponentsWithStats(strokes, connectivity=8)
+        _, labels, stats, _ = components(strokes)
         return mask, labels, stats
 
     def _cell_crop(self, flat, mask, labels, stats, x0, y0, core, ink_bright=False):
