@@ -569,12 +569,15 @@ def _along_the_walls(window, component):
     return total > 0 and total - inner > GRID_WALL_SHARE * total
 
 
-def _blank_paper(crop, mask):
-    """``crop`` filled with its paper's mean grey (the pixels off ``mask``): a cell without a digit."""
-    paper = cv2.bitwise_not(mask)
-    level = cv2.mean(crop, paper)[0] if cv2.countNonZero(paper) else cv2.mean(crop)[0]
-    crop[:] = int(round(level))
-    return crop
+def _paper_levels(flat, mask, rows, cols):
+    """The mean grey of each cell's paper (its pixels off ``mask``), rows x cols, in three
+    block averages over the whole grid (a cell without a digit is painted with it)."""
+    paper = (mask == 0).astype(np.float32)
+    shade = cv2.resize(flat.astype(np.float32) * paper, (cols, rows), interpolation=cv2.INTER_AREA)
+    share = cv2.resize(paper, (cols, rows), interpolation=cv2.INTER_AREA)
+    whole = cv2.resize(flat, (cols, rows), interpolation=cv2.INTER_AREA).astype(np.float32)
+    levels = np.where(share > 0, shade / np.maximum(share, 1e-6), whole)
+    return np.clip(np.round(levels), 0, 255).astype(np.uint8)
 
 
 # A frame whose 1/8 thumbnail differs from the last verified one by at most this many grey
@@ -799,11 +802,14 @@ class GridRoi(object):
         ).reshape(2, -1, 2)
         # the cells inherit the grid's polarity: it was judged once, on the whole flat grid
         polarity = "light_on_dark" if ink_bright else "dark_on_light"
+        paper_levels = _paper_levels(flat, mask, self.rows, self.cols)
         rois = []
         for index in range(self.rows * self.cols):
             row, col = divmod(index, self.cols)
             x0, y0 = col * cell, row * cell
-            crop = self._cell_crop(flat, mask, labels, stats, x0, y0, cores.get(index), ink_bright)
+            crop = self._cell_crop(
+                flat, mask, labels, stats, x0, y0, cores.get(index), paper_levels[row, col], ink_bright
+            )
             (a, b) = corners_back[0][index], corners_back[1][index]
             box = (int(a[0]) + ox, int(a[1]) + oy, max(1, int(b[0] - a[0])), max(1, int(b[1] - a[1])))
             rois.append(Roi("r%dc%d" % (row, col), box, crop, row, (row, col), polarity))
@@ -851,42 +857,47 @@ class GridRoi(object):
         _, labels, stats, _ = components(strokes)
         return mask, labels, stats
 
-    def _cell_crop(self, flat, mask, labels, stats, x0, y0, core, ink_bright=False):
+    def _cell_crop(self, flat, mask, labels, stats, x0, y0, core, paper_level, ink_bright=False):
         """The cell with only its digit's ink left: its ``core`` components (``_digit_cores``)
         with the pieces inside their box (a broken stroke). Grid-line remnants, specks and a
         neighbour's overhang are painted as paper; a cell without a core comes out as blank
-        paper."""
+        paper of ``paper_level``."""
         cell = self.cell_px
-        crop = flat[y0 : y0 + cell, x0 : x0 + cell].copy()
-        cell_mask = mask[y0 : y0 + cell, x0 : x0 + cell]
         window = labels[y0 : y0 + cell, x0 : x0 + cell]
         core = [index for index in core or () if not _along_the_walls(window, index)]
         if not core:
-            return _blank_paper(crop, cell_mask)
-        x, y, w, h = stats[1:, 0], stats[1:, 1], stats[1:, 2], stats[1:, 3]
-        touching = (x < x0 + cell) & (x + w > x0) & (y < y0 + cell) & (y + h > y0)
-        present = [int(i) + 1 for i in np.flatnonzero(touching)]
-        left = min(stats[i][0] for i in core)
-        top = min(stats[i][1] for i in core)
-        right = max(stats[i][0] + stats[i][2] for i in core)
-        bottom = max(stats[i][1] + stats[i][3] for i in core)
-        parts = list(core)
-        for index in present:
-            x, y, w, h, _ = stats[index]
-            # a broken stroke lies inside the digit's box; a wall's remnant only brushes it
-            if index not in core and left <= x + w / 2.0 <= right and top <= y + h / 2.0 <= bottom:
-                parts.append(index)
-        lookup = np.zeros(len(stats), np.uint8)
-        lookup[parts] = 1
-        keep = lookup[window]
-        if not keep.any():  # components that only pass by the cell (their boxes overlap it)
-            return _blank_paper(crop, cell_mask)
+            return np.full((cell, cell), paper_level, np.uint8)
+        crop = flat[y0 : y0 + cell, x0 : x0 + cell].copy()
+        cell_mask = mask[y0 : y0 + cell, x0 : x0 + cell]
+        x, y, w, h = stats[:, 0], stats[:, 1], stats[:, 2], stats[:, 3]
+        core_boxes = stats[core]
+        left, top = core_boxes[:, 0].min(), core_boxes[:, 1].min()
+        right = (core_boxes[:, 0] + core_boxes[:, 2]).max()
+        bottom = (core_boxes[:, 1] + core_boxes[:, 3]).max()
+        # the core, and the components touching the cell whose centre lies inside the digit's
+        # box: a broken stroke lies inside it; a wall's remnant only brushes it
+        centre_x, centre_y = x + w / 2.0, y + h / 2.0
+        parts = (
+            (x < x0 + cell)
+            & (x + w > x0)
+            & (y < y0 + cell)
+            & (y + h > y0)
+            & (left <= centre_x)
+            & (centre_x <= right)
+            & (top <= centre_y)
+            & (centre_y <= bottom)
+        )
+        parts[0] = False  # the background
+        parts[core] = True
+        keep = parts.view(np.uint8)[window]
         # the blurred edges of grid lines escape the ink mask: outside the digit's box is paper
-        ys, xs = np.nonzero(keep)
+        ink_x, ink_y, ink_w, ink_h = cv2.boundingRect(keep)
+        if ink_w == 0:  # components that only pass by the cell (their boxes overlap it)
+            return np.full((cell, cell), paper_level, np.uint8)
         margin = max(2, cell // 16)
         inside = (
-            slice(max(0, ys.min() - margin), ys.max() + margin + 1),
-            slice(max(0, xs.min() - margin), xs.max() + margin + 1),
+            slice(max(0, ink_y - margin), ink_y + ink_h + margin),
+            slice(max(0, ink_x - margin), ink_x + ink_w + margin),
         )
         # what is painted out takes the paper's own local shade (a closing wider than any
         # stroke): one flat grey, a shade off, would leave a step that thresholding takes for ink
