@@ -12,6 +12,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -20,6 +21,8 @@ from daemon import config
 from daemon.reader import Reader
 
 FRAME = (1280, 720)
+# the small network (seed-001 sized), measured beside digitnet when it is there
+SMALL_NETWORK = Path(__file__).resolve().parent.parent / "models" / "small.onnx"
 
 
 def noisy(image, seed):
@@ -74,14 +77,30 @@ def measure(frames_per_mode=60):
     images, labels = mnist.load_split("test")
     cv2.setNumThreads(1)
     font_paths = fonts.find_fonts(fonts.HELD_OUT_FAMILIES) or ()
-    base = {"source": {"type": "images", "path": "."}, "backend": {"type": "onnxruntime", "threads": 1}}
+    networks = {"": str(SMALL_NETWORK.parent / "digits.onnx")}
+    if SMALL_NETWORK.exists():
+        networks[", small network"] = str(SMALL_NETWORK)
     readers, checks, frames, times, prepare_times, right = {}, {}, {}, {}, {}, {}
-    backend = None
-    for mode, (frame, roi_settings, check) in scenes(images, labels, font_paths).items():
-        settings = config.from_dict(dict(base, roi=roi_settings))
-        readers[mode] = Reader.from_config(settings, backend)
-        backend = readers[mode].backend
-        checks[mode], frames[mode], times[mode], prepare_times[mode], right[mode] = check, frame, [], [], 0
+    backends = []
+    for suffix, onnx_model in networks.items():
+        base = {
+            "source": {"type": "images", "path": "."},
+            "backend": {"type": "onnxruntime", "threads": 1, "onnx_model": onnx_model},
+        }
+        backend = None
+        for scene, (frame, roi_settings, check) in scenes(images, labels, font_paths).items():
+            mode = scene + suffix
+            settings = config.from_dict(dict(base, roi=roi_settings))
+            readers[mode] = Reader.from_config(settings, backend)
+            backend = readers[mode].backend
+            checks[mode], frames[mode], times[mode], prepare_times[mode], right[mode] = (
+                check,
+                frame,
+                [],
+                [],
+                0,
+            )
+        backends.append(backend)
     for index in range(frames_per_mode):
         for mode, reader in readers.items():
             image = noisy(frames[mode], index)
@@ -91,7 +110,8 @@ def measure(frames_per_mode=60):
             readings = reader.readings(prepared, reader.infer(prepared.prepared))
             times[mode].append(time.process_time() - started)
             right[mode] += bool(checks[mode](Reader.frame_payload(readings)))
-    backend.close()
+    for backend in backends:
+        backend.close()
     return {
         mode: {
             "cpu_ms_per_frame": round(1000.0 * float(np.median(times[mode][1:])), 2),

@@ -79,6 +79,10 @@ def classifier_runtimes(threads, extra_threads):
     runtimes["onnxruntime fp16"] = (
         OnnxRuntimeBackend(MODELS / "digits.fp16.onnx", threads=threads).load().infer
     )
+    if (MODELS / "small.onnx").exists():
+        runtimes["onnxruntime fp32, small network"] = (
+            OnnxRuntimeBackend(MODELS / "small.onnx", threads=threads).load().infer
+        )
     if extra_threads != threads:
         runtimes["onnxruntime fp32, %d threads (not the daemon's)" % extra_threads] = (
             OnnxRuntimeBackend(MODELS / "digits.onnx", threads=extra_threads).load().infer
@@ -823,7 +827,9 @@ def main(args):
     classifier = bench_classifier([1, 8, 32, 64, 128], repetitions, threads)
     peak = cpu_peak_gflops()
     mflops = model_meta.read(MODELS / "digits.keras")["flops_per_image"] / 1e6
-    best = max(classifier, key=lambda r: r["images_per_s"])
+    best = max(
+        (r for r in classifier if "small network" not in r["runtime"]), key=lambda r: r["images_per_s"]
+    )
     achieved = best["images_per_s"] * mflops / 1e3
     command = "make bench" + (' BENCH_ARGS="%s"' % " ".join(sys.argv[1:]) if sys.argv[1:] else "")
     report = {
