@@ -124,6 +124,21 @@ def _shrunk(gray, longest):
     return cv2.resize(gray, None, fx=factor, fy=factor, interpolation=cv2.INTER_AREA)
 
 
+def _reduced_by_whole_factor(gray, longest):
+    """``gray`` averaged over f x f blocks, f the smallest whole number that brings its longer
+    side to at most ``longest`` (OpenCV's INTER_AREA is several times faster for a whole
+    factor, and the median after it is cheaper on a copy no larger than ``longest``)."""
+    factor = -(-max(gray.shape) // longest)
+    if factor <= 1:
+        return gray
+    height, width = gray.shape[0] // factor, gray.shape[1] // factor
+    if min(height, width) < 3:
+        return gray
+    return cv2.resize(
+        gray[: height * factor, : width * factor], (width, height), interpolation=cv2.INTER_AREA
+    )
+
+
 def ink_is_bright(gray):
     """Whether the ink of a crop (one digit or a few) is brighter than its paper.
 
@@ -131,7 +146,7 @@ def ink_is_bright(gray):
     is the paper's local level, shadow or not; the ink is on the side of it that holds
     more contrast. A shadow, a dark margin or vignetting moves the median with it, so they
     do not flip the answer as "the border is paper" did."""
-    small = _shrunk(gray, POLARITY_SIZE)
+    small = _reduced_by_whole_factor(gray, POLARITY_SIZE)
     kernel = _background_kernel(small)
     paper = cv2.medianBlur(small, kernel)
     # near the border the median window runs off the crop and repeats its edge (a dark margin
