@@ -283,12 +283,12 @@ def choose_build_path(trt, precision, onnx_path):
     return STRONGLY_TYPED, network_onnx
 
 
-
 def default_engine_path(onnx_path, precision):
     """``models/small.onnx`` -> ``models/small.fp16.engine``: each network keeps its own engine."""
     folder, name = os.path.split(str(onnx_path))
     stem = name[: -len(".onnx")] if name.endswith(".onnx") else name
     return os.path.join(folder, "%s.%s.engine" % (stem, precision))
+
 
 def build(
     trt,
@@ -383,7 +383,9 @@ def _build_in_context(
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description="Build a TensorRT engine from the ONNX digit model.")
     parser.add_argument("--onnx", default="models/digits.onnx")
-    parser.add_argument("--engine", default=None, help="default: beside the ONNX file, <name>.<precision>.engine")
+    parser.add_argument(
+        "--engine", default=None, help="default: beside the ONNX file, <name>.<precision>.engine"
+    )
     parser.add_argument(
         "--precision", choices=PRECISIONS, default=None, help="default: fp16 if fast, else fp32"
     )
