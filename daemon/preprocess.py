@@ -254,19 +254,20 @@ def fit_digit(ink, mask=None):
     new_w = max(1, int(round(width * scale)))
     new_h = max(1, int(round(height * scale)))
     interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-    small = cv2.resize(ink, (new_w, new_h), interpolation=interpolation).astype(np.float32)
+    small = cv2.resize(ink, (new_w, new_h), interpolation=interpolation)
     # the 20x20 box is centred in the frame, then shifted so the ink's centre of mass is at
-    # the middle: both moves are one translation of ``small`` into the 28x28 frame (the
-    # centre of mass from sums: cv2.moments takes an array two columns wide for points)
+    # the middle: both moves are one translation of ``small`` into the 28x28 frame (moments
+    # of the uint8 image: cv2.moments would take a float array two columns wide for points)
     shift_x = float((INPUT_SIZE - new_w) // 2)
     shift_y = float((INPUT_SIZE - new_h) // 2)
-    columns = small.sum(axis=0, dtype=np.float64)
-    mass = columns.sum()
-    if mass > 0:
-        shift_x = INPUT_SIZE / 2.0 - columns.dot(np.arange(new_w)) / mass
-        shift_y = INPUT_SIZE / 2.0 - small.sum(axis=1, dtype=np.float64).dot(np.arange(new_h)) / mass
+    moments = cv2.moments(small)
+    if moments["m00"] > 0:
+        shift_x = INPUT_SIZE / 2.0 - moments["m10"] / moments["m00"]
+        shift_y = INPUT_SIZE / 2.0 - moments["m01"] / moments["m00"]
     matrix = np.float32([[1, 0, shift_x], [0, 1, shift_y]])
-    canvas = cv2.warpAffine(small, matrix, (INPUT_SIZE, INPUT_SIZE), flags=cv2.INTER_LINEAR)
+    canvas = cv2.warpAffine(
+        small.astype(np.float32), matrix, (INPUT_SIZE, INPUT_SIZE), flags=cv2.INTER_LINEAR
+    )
     return np.clip(canvas, 0, 255).astype(np.uint8)
 
 
