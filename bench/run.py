@@ -19,11 +19,12 @@ import platform
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
+
+from tools.broker import Subscriber
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -270,41 +271,23 @@ def bench_frame_size(frames, runs, sizes=((320, 240), (640, 480), (1280, 720), (
     return rows
 
 
-class TimedSubscriber(object):
-    """A real MQTT subscriber that notes the wall-clock time each message arrives."""
+class TimedSubscriber(Subscriber):
+    """A real MQTT subscriber that notes the wall-clock time each message arrives:
+    ``received`` holds (time.time() on arrival, payload dict)."""
 
     def __init__(self, port, topic):
-        from tools.broker import make_mqtt_client
-
-        self.received = []  # (time.time() on arrival, payload dict)
-        self._lock = threading.Lock()
-        self._connected = threading.Event()
-        self.client = make_mqtt_client("bench-latency-%d" % os.getpid())
-        self.client.on_connect = lambda c, u, f, rc, *a: (c.subscribe(topic, qos=1), self._connected.set())
-        self.client.on_message = self._on_message
-        self.port = port
+        Subscriber.__init__(self, port, topic, client_id="bench-latency-%d" % os.getpid())
+        self.received = []
 
     def _on_message(self, client, userdata, message):
         arrived = time.time()
         with self._lock:
             self.received.append((arrived, json.loads(message.payload.decode("utf-8"))))
 
-    def start(self):
-        self.client.connect("127.0.0.1", self.port, 30)
-        self.client.loop_start()
-        if not self._connected.wait(10):
-            raise RuntimeError("subscriber could not connect")
-        time.sleep(0.2)  # let the SUBACK arrive
-        return self
-
     def wait_for(self, count, timeout=10.0):
         deadline = time.monotonic() + timeout
         while len(self.received) < count and time.monotonic() < deadline:
             time.sleep(0.05)
-
-    def stop(self):
-        self.client.disconnect()
-        self.client.loop_stop()
 
 
 def subscriber_latencies(received, recorded):
