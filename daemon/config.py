@@ -823,9 +823,39 @@ def live_changes(old, new, schema=SCHEMA, path=""):
             sub_live, sub_restart = live_changes(a, b, field, sub_path)
             live += sub_live
             restart += sub_restart
+        elif a != b and not field.live and _same_length_list_of_sections(field, a, b):
+            # e.g. sources: the same cameras, one's roi changed -> that roi changes live
+            for index, (item_a, item_b) in enumerate(zip(a, b)):
+                sub_live, sub_restart = live_changes(
+                    item_a, item_b, field.kind.schema, "%s[%d]" % (sub_path, index)
+                )
+                live += sub_live
+                restart += sub_restart
         elif a != b:
             (live if field.live else restart).append(sub_path)
     return live, restart
+
+
+def _same_length_list_of_sections(field, a, b):
+    return (
+        isinstance(field.kind, ListOf)
+        and isinstance(field.kind.schema, Schema)
+        and isinstance(a, list)
+        and isinstance(b, list)
+        and len(a) == len(b)
+    )
+
+
+def section_at(config, dotted):
+    """The section or list item that ``dotted`` (``sources[1].roi``, ``mqtt``; "" for the whole
+    config) names in ``config``."""
+    section = config
+    for part in filter(None, dotted.split(".")):
+        name, _, index = part.partition("[")
+        section = getattr(section, name)
+        if index:
+            section = section[int(index.rstrip("]"))]
+    return section
 
 
 # -- the HTTP token (setup page and PUT /api/config) -------------------------------------------

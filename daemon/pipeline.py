@@ -171,10 +171,8 @@ class Pipeline(object):
         merged = new
         for dotted in restart:
             section_path, _, key = dotted.rpartition(".")
-            old_section, new_section = self.config, merged
-            for part in filter(None, section_path.split(".")):
-                old_section, new_section = getattr(old_section, part), getattr(new_section, part)
-            setattr(new_section, key, getattr(old_section, key))
+            old_section = config_module.section_at(self.config, section_path)
+            setattr(config_module.section_at(merged, section_path), key, getattr(old_section, key))
         self.config = merged
         return live, restart
 

@@ -98,6 +98,24 @@ def test_a_box_style_must_be_one_of_the_known_ones_and_check_config_names_the_ke
     assert [b.style for b in config.load(path).roi.boxes] == ["drum", "segments"]
 
 
+def test_with_several_cameras_a_cameras_roi_changes_live_and_its_capture_settings_need_a_restart():
+    def cameras(water_boxes, gas_fps=30, third=False):
+        items = [
+            {"id": "water", "type": "v4l2", "roi": {"mode": "boxes", "boxes": water_boxes}},
+            {"id": "gas", "type": "v4l2", "fps": gas_fps},
+        ]
+        if third:
+            items.append({"id": "oil", "type": "v4l2"})
+        return config.from_dict({"sources": items})
+
+    box = {"id": "d0", "x": 0, "y": 0, "w": 20, "h": 30}
+    old = cameras([box])
+    live, restart = config.live_changes(old, cameras([dict(box, x=5)], gas_fps=15))
+    assert live == ["sources[0].roi.boxes"] and restart == ["sources[1].fps"]
+    assert config.live_changes(old, cameras([box], third=True)) == ([], ["sources"])
+    assert config.section_at(old, "sources[1]").fps == 30 and config.section_at(old, "") is old
+
+
 def test_a_reference_frame_that_is_not_an_image_is_a_config_error_not_a_crash(tmp_path):
     """The capture loop registers every frame to the reference: a file that does not decode
     must be refused where the config is checked (check-config, SIGHUP, the setup page's Save)."""

@@ -424,6 +424,8 @@ def test_with_several_cameras_the_reference_is_saved_for_the_camera_asked_for(se
     assert status == 200, answer
     reference = path.parent / "reference-gas.png"
     assert answer["reference"] == str(reference) and np.array_equal(cv2.imread(str(reference)), first)
+    # one camera's roi changes live: nothing needs a restart
+    assert answer["applied_live"] == ["sources[1].roi.align.reference"] and answer["needs_restart"] == []
     on_disk = path.read_text()
     water, gas = yaml.safe_load(on_disk)["sources"]
     assert gas["roi"]["align"]["reference"] == str(reference) and "align" not in water["roi"]
