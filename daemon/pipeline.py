@@ -69,15 +69,18 @@ class QueuedFrame(object):
 
 
 class FrameView(object):
-    """The newest published frame of a camera, as the debug view draws it."""
+    """The newest published frame of a camera, as the debug view draws it: ``frame`` as the
+    camera gave it, ``roi_image`` the picture its ROIs are in (the frame registered to the
+    reference when ``roi.align`` is on, else the frame's own image)."""
 
-    __slots__ = ("frame", "rois", "prepared", "readings")
+    __slots__ = ("frame", "rois", "prepared", "readings", "roi_image")
 
-    def __init__(self, frame, rois, prepared, readings):
+    def __init__(self, frame, rois, prepared, readings, roi_image=None):
         self.frame = frame
         self.rois = rois
         self.prepared = prepared
         self.readings = readings
+        self.roi_image = frame.image if roi_image is None else roi_image
 
 
 class Pipeline(object):
@@ -394,7 +397,9 @@ class Pipeline(object):
         self.stats.observe_output(latency_ms)
         camera.frames_out += 1
         camera.last_output = self.stats.last_output
-        camera.latest_view = FrameView(frame, queued.image.rois, queued.image.prepared, readings)
+        camera.latest_view = FrameView(
+            frame, queued.image.rois, queued.image.prepared, readings, queued.image.roi_image
+        )
 
     def _publish_state_on_change(self, camera, frame, readings):
         smoothed = camera.smoother.update(readings)

@@ -25,16 +25,19 @@ UPRIGHT_MARGIN = 0.05
 
 
 class PreparedImage(object):
-    """An image's ROIs and their prepared crops (``outline``: the grid's corners, if found)."""
+    """An image's ROIs and their prepared crops (``outline``: the grid's corners, if found;
+    ``roi_image``: the picture the ROIs are in, the frame registered to the reference when
+    ``roi.align`` is on)."""
 
-    __slots__ = ("rois", "prepared", "outline", "crop_count", "alignment")
+    __slots__ = ("rois", "prepared", "outline", "crop_count", "alignment", "roi_image")
 
-    def __init__(self, rois, prepared, outline=None, alignment=None):
+    def __init__(self, rois, prepared, outline=None, alignment=None, roi_image=None):
         self.rois = rois
         self.prepared = prepared
         self.outline = outline
         self.alignment = alignment  # roi.align: the daemon.align report (ok, dx, dy, angle, score)
         self.crop_count = sum(1 for p in prepared if not p.empty)
+        self.roi_image = roi_image
 
 
 class Reader(object):
@@ -96,7 +99,11 @@ class Reader(object):
                 rois = self.extractor.extract(image)
                 reason = "frame not aligned to the reference"
                 return PreparedImage(
-                    rois, [preprocess.PreparedCrop(_blank(), True, reason) for _ in rois], None, alignment
+                    rois,
+                    [preprocess.PreparedCrop(_blank(), True, reason) for _ in rois],
+                    None,
+                    alignment,
+                    image,
                 )
             image = aligned
         extractor = extractor or self.extractor
@@ -107,7 +114,7 @@ class Reader(object):
             rois = extractor.extract(image)
         # a box clipped away by the frame edge (the ROI stage warns once) prepares as empty
         prepared = [preprocess.prepare(r.crop, self._params_for(r)) for r in rois]
-        return PreparedImage(rois, prepared, outline, alignment)
+        return PreparedImage(rois, prepared, outline, alignment, image)
 
     def _params_for(self, region):
         """The preprocess settings of one ROI: a box with its own polarity overrides the

@@ -476,8 +476,9 @@ def preview(web, overrides, with_frame=False):
         )
     outline = prepared.outline
     frame = {"index": view.frame.index, "width": int(image.shape[1]), "height": int(image.shape[0])}
-    if with_frame:
-        frame["jpeg"] = _image_data_url(image, side=max(image.shape[:2]))
+    if with_frame:  # the picture the crops were cut from: registered to the reference with roi.align
+        shown = image if prepared.roi_image is None else prepared.roi_image
+        frame["jpeg"] = _image_data_url(shown, side=max(shown.shape[:2]))
     return {
         "frame": frame,
         "alignment": prepared.alignment,

@@ -40,8 +40,9 @@ class UploadsBusy(Exception):
 
 
 def annotate(view):
-    """Draw ROI boxes, digits and the model's 28x28 input for each ROI onto a copy of the frame."""
-    image = view.frame.image.copy()
+    """Draw ROI boxes, digits and the model's 28x28 input for each ROI onto a copy of the
+    picture the ROIs are in (the frame registered to the reference when ``roi.align`` is on)."""
+    image = view.roi_image.copy()
     if image.ndim == 2:
         image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
     scale = max(1.0, image.shape[0] / 480.0)
@@ -242,7 +243,8 @@ def _query(request, name, default=None):
 
 def get_snapshot(web, request):
     """The newest frame with its ROIs drawn; ``?source=<id>`` picks a camera (default the
-    first); ``?raw=1``: the camera's picture as it is."""
+    first); ``?raw=1``: the picture without drawing, in the pixels the ROIs are drawn in (with
+    ``roi.align``, the frame registered to the reference, so boxes drawn on it stay put)."""
     try:
         view = web.pipeline.latest_view(_query(request, "source"))
     except KeyError as exc:
@@ -250,7 +252,7 @@ def get_snapshot(web, request):
     if view is None:
         return error(503, "no frame yet")
     raw = _query(request, "raw") == "1"
-    image = view.frame.image if raw else annotate(view)
+    image = view.roi_image if raw else annotate(view)
     return Response(200, encode_jpeg(image), "image/jpeg", {"X-Frame-Index": str(view.frame.index)})
 
 

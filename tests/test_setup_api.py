@@ -290,6 +290,10 @@ def meter():
     return first, later, text
 
 
+def gray(image):
+    return cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) if image.ndim == 3 else image
+
+
 def shifted(image, dx, dy):
     matrix = np.float32([[1, 0, dx], [0, 1, dy]])
     return cv2.warpAffine(image, matrix, image.shape[1::-1], borderMode=cv2.BORDER_REPLICATE)
@@ -337,6 +341,14 @@ def test_the_newest_frame_becomes_the_reference_and_a_camera_moved_by_20_px_stil
     moved = next_prediction(publisher, lambda p: p.get("alignment") and abs(p["alignment"]["dx"] - 20) < 1)
     assert moved["number"] == "27068" and moved["alignment"]["ok"]
     assert abs(moved["alignment"]["dy"] + 12) < 1, moved["alignment"]
+    # the page draws boxes on /snapshot.jpg?raw=1: it shows the frame in the reference's pixels,
+    # where the boxes are, not the camera's moved picture
+    with urllib.request.urlopen("http://127.0.0.1:%d/snapshot.jpg?raw=1" % web.port, timeout=20) as response:
+        shown = cv2.imdecode(np.frombuffer(response.read(), np.uint8), cv2.IMREAD_GRAYSCALE).astype(float)
+    inner = (slice(30, -30), slice(30, -30))
+    off_drawn = np.abs(shown - gray(later))[inner].mean()
+    off_moved = np.abs(shown - gray(shifted(later, 20, -12)))[inner].mean()
+    assert off_drawn < 0.5 * off_moved, (off_drawn, off_moved)
 
     # turned off from the page: the boxes are cut where they are drawn again, the file stays
     status, _, answer = call(web, "PUT", "/api/config", {"roi": {"align": {"reference": ""}}}, token=TOKEN)
