@@ -124,15 +124,19 @@ def _shrunk(gray, longest):
     return cv2.resize(gray, None, fx=factor, fy=factor, interpolation=cv2.INTER_AREA)
 
 
-def _reduced_by_whole_factor(gray, longest):
-    """``gray`` averaged over f x f blocks, f the smallest whole number that brings its longer
-    side to at most ``longest`` (OpenCV's INTER_AREA is several times faster for a whole
-    factor, and the median after it is cheaper on a copy no larger than ``longest``)."""
-    factor = -(-max(gray.shape) // longest)
-    if factor <= 1:
-        return gray
+def reduction_interpolation(scale):
+    """The resize flag for shrinking by ``scale`` (< 1): bilinear while each pixel has at most
+    two neighbours to average, at a fraction of the cost of INTER_AREA's general
+    (non-integer) path; INTER_AREA beyond that, so no stroke falls between samples."""
+    return cv2.INTER_LINEAR if scale > 0.5 else cv2.INTER_AREA
+
+
+def block_average(gray, factor, min_side=3):
+    """``gray`` averaged over ``factor`` x ``factor`` blocks (OpenCV's INTER_AREA is several
+    times faster for a whole factor); ``gray`` itself when ``factor`` <= 1 or the result would
+    be narrower than ``min_side``."""
     height, width = gray.shape[0] // factor, gray.shape[1] // factor
-    if min(height, width) < 3:
+    if factor <= 1 or min(height, width) < min_side:
         return gray
     return cv2.resize(
         gray[: height * factor, : width * factor], (width, height), interpolation=cv2.INTER_AREA
@@ -146,7 +150,8 @@ def ink_is_bright(gray):
     is the paper's local level, shadow or not; the ink is on the side of it that holds
     more contrast. A shadow, a dark margin or vignetting moves the median with it, so they
     do not flip the answer as "the border is paper" did."""
-    small = _reduced_by_whole_factor(gray, POLARITY_SIZE)
+    # the smallest whole factor that brings it to POLARITY_SIZE or less: the median is cheaper
+    small = block_average(gray, -(-max(gray.shape) // POLARITY_SIZE))
     kernel = _background_kernel(small)
     paper = cv2.medianBlur(small, kernel)
     # near the border the median window runs off the crop and repeats its edge (a dark margin
@@ -329,10 +334,7 @@ def prepare(crop, params=None):
     if max(gray.shape) > WORK_SIZE:
         scale = float(WORK_SIZE) / max(gray.shape)
         size = (max(4, int(round(gray.shape[1] * scale))), max(4, int(round(gray.shape[0] * scale))))
-        # less than halved, each pixel has at most two neighbours to average: bilinear does
-        # that at a fraction of the cost of INTER_AREA's general (non-integer) path
-        interpolation = cv2.INTER_LINEAR if scale > 0.5 else cv2.INTER_AREA
-        gray = cv2.resize(gray, size, interpolation=interpolation)
+        gray = cv2.resize(gray, size, interpolation=reduction_interpolation(scale))
     if params.sharpen > 0:
         gray = sharpened(gray, params.sharpen)
     kernel = blur_size(params.blur_kernel, max(gray.shape))
