@@ -463,6 +463,16 @@ def runs_text(values, fmt="%.2f"):
     return ", ".join(fmt % v for v in values)
 
 
+def speed_cells(row):
+    """The "fps (runs) | CPU ms/frame (runs)" cells of a pipeline row."""
+    return "%.0f (%s) | %.2f (%s)" % (
+        row["fps"],
+        runs_text(row["fps_runs"], "%.0f"),
+        row["cpu_ms_per_frame"],
+        runs_text(row["cpu_ms_per_frame_runs"]),
+    )
+
+
 def readings_text(row):
     text = "%d / %d" % (row["frames_read_right"], row["frames_checked"])
     if row["rois"] > 1:
@@ -544,15 +554,12 @@ def markdown(report):
     ]
     for r in report["backends"]:
         lines.append(
-            "| %s | %dx%d | %.0f (%s) | %.2f (%s) | %.0f | %.2f | %s |"
+            "| %s | %dx%d | %s | %.0f | %.2f | %s |"
             % (
                 r["backend"],
                 r["frame_size"][0],
                 r["frame_size"][1],
-                r["fps"],
-                runs_text(r["fps_runs"], "%.0f"),
-                r["cpu_ms_per_frame"],
-                runs_text(r["cpu_ms_per_frame_runs"]),
+                speed_cells(r),
                 r["peak_rss_mb"],
                 r["startup_to_first_prediction_s"],
                 readings_text(r),
@@ -601,13 +608,10 @@ def markdown(report):
     ]
     for r in report["roi_count"]:
         lines.append(
-            "| %d | %.0f (%s) | %.2f (%s) | %.2f | %.1f | %s |"
+            "| %d | %s | %.2f | %.1f | %s |"
             % (
                 r["rois"],
-                r["fps"],
-                runs_text(r["fps_runs"], "%.0f"),
-                r["cpu_ms_per_frame"],
-                runs_text(r["cpu_ms_per_frame_runs"]),
+                speed_cells(r),
                 r["cpu_ms_per_frame"] / r["rois"],
                 r["mean_batch"],
                 readings_text(r),
@@ -623,14 +627,11 @@ def markdown(report):
     ]
     for r in report["frame_size"]:
         lines.append(
-            "| %dx%d | %.0f (%s) | %.2f (%s) | %.2f | %s |"
+            "| %dx%d | %s | %.2f | %s |"
             % (
                 r["frame_size"][0],
                 r["frame_size"][1],
-                r["fps"],
-                runs_text(r["fps_runs"], "%.0f"),
-                r["cpu_ms_per_frame"],
-                runs_text(r["cpu_ms_per_frame_runs"]),
+                speed_cells(r),
                 r["decode_ms_per_frame"],
                 readings_text(r),
             )
