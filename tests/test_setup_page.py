@@ -45,6 +45,28 @@ def wait_http(process, port, timeout=60):
     raise AssertionError("no healthy /healthz: %s" % process.log_path.read_text())
 
 
+def still_camera_config(tmp_path, video, port, **sections):
+    """A config reading ``video`` in a loop at its own pace, the HTTP server on ``port`` with
+    the token from the environment, and ``sections`` (roi, mqtt, ...)."""
+    return write_config(
+        tmp_path / "config.yaml",
+        source={"type": "file", "path": str(video), "loop": True, "realtime": True},
+        backend={"type": "onnxruntime"},
+        http={"port": port, "token": "${DIGITD_TEST_HTTP_TOKEN}"},
+        **sections,
+    )
+
+
+def open_setup_page(browser, process, port, ready_id):
+    """Wait for the daemon's HTTP server, open /setup, wait for the element ``ready_id``."""
+    from selenium.webdriver.common.by import By
+
+    wait_http(process, port)
+    browser.set_window_size(1300, 1000)
+    browser.get("http://127.0.0.1:%d/setup" % port)
+    until(browser, lambda: browser.find_elements(By.ID, ready_id))
+
+
 def stop(process):
     process.send_signal(signal.SIGTERM)
     return process.wait(20)
@@ -124,21 +146,12 @@ def test_draw_a_box_tune_the_threshold_save_and_the_next_prediction_follows(
     image, labels, boxes = two_digit_frame(mnist_test, 3, 7)
     video = still_video(tmp_path / "desk.avi", image)
     port = free_port()
-    config_path = write_config(
-        tmp_path / "config.yaml",
-        source={"type": "file", "path": str(video), "loop": True, "realtime": True},
-        backend={"type": "onnxruntime"},
-        http={"port": port, "token": "${DIGITD_TEST_HTTP_TOKEN}"},
-        mqtt={"host": "127.0.0.1", "port": broker.port},
-    )
+    config_path = still_camera_config(tmp_path, video, port, mqtt={"host": "127.0.0.1", "port": broker.port})
     config_path.write_text("# the desk camera: set up in the browser\n" + config_path.read_text())
     subscriber = subscriber_factory(broker.port, "digitd/test-01/prediction")
     process = run_daemon(config_path, env=dict(os.environ, DIGITD_TEST_HTTP_TOKEN=TOKEN))
     try:
-        wait_http(process, port)
-        chromium.set_window_size(1300, 1000)
-        chromium.get("http://127.0.0.1:%d/setup" % port)
-        until(chromium, lambda: chromium.find_elements(By.ID, "preprocess-threshold"))
+        open_setup_page(chromium, process, port, "preprocess-threshold")
         assert chromium.find_element(By.ID, "tokenbar").is_displayed(), "the page asks for the token"
         chromium.find_element(By.ID, "token").send_keys(TOKEN)
 
@@ -240,10 +253,7 @@ def test_readme_walkthrough_two_boxes_and_a_threshold_on_the_demo_video(tmp_path
     comments_before = [line for line in config_path.read_text().splitlines() if line.lstrip().startswith("#")]
     process = run_daemon(config_path)
     try:
-        wait_http(process, port)
-        chromium.set_window_size(1300, 1000)
-        chromium.get("http://127.0.0.1:%d/setup" % port)
-        until(chromium, lambda: chromium.find_elements(By.ID, "preprocess-threshold"))
+        open_setup_page(chromium, process, port, "preprocess-threshold")
         if DOCS:
             time.sleep(1.5)
             chromium.save_screenshot(str(ROOT / "docs" / "setup-start.png"))
@@ -296,21 +306,13 @@ def test_use_this_frame_as_the_reference_pick_a_box_style_save_and_turn_alignmen
     frame, boxes = meter_digits.counter_frame(27051.0, glyphs, count=5)
     video = still_video(tmp_path / "meter.avi", frame)
     port = free_port()
-    config_path = write_config(
-        tmp_path / "config.yaml",
-        source={"type": "file", "path": str(video), "loop": True, "realtime": True},
-        backend={"type": "onnxruntime"},
-        roi={"mode": "boxes", "boxes": boxes_around(boxes)},
-        http={"port": port, "token": "${DIGITD_TEST_HTTP_TOKEN}"},
-        mqtt={"enabled": False},
+    config_path = still_camera_config(
+        tmp_path, video, port, roi={"mode": "boxes", "boxes": boxes_around(boxes)}, mqtt={"enabled": False}
     )
     reference = str(tmp_path / "reference-default.png")
     process = run_daemon(config_path, env=dict(os.environ, DIGITD_TEST_HTTP_TOKEN=TOKEN))
     try:
-        wait_http(process, port)
-        chromium.set_window_size(1300, 1000)
-        chromium.get("http://127.0.0.1:%d/setup" % port)
-        until(chromium, lambda: chromium.find_elements(By.ID, "box-4-style"))
+        open_setup_page(chromium, process, port, "box-4-style")
         state = chromium.find_element(By.ID, "align-state")
         status = chromium.find_element(By.ID, "status")
         assert state.text.startswith("off")
