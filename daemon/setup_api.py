@@ -325,7 +325,7 @@ def _reference_body(source_id, reference):
 
 
 def post_reference(web, request):
-    """Save the camera's newest raw frame (the one the setup page draws the boxes on) as the
+    """Save the camera's newest raw frame (as the camera gave it, not registered) as the
     alignment reference, lossless PNG beside the config file, name it as
     ``roi.align.reference`` in the config and apply it: from the next frame on, every frame
     is registered to it. ``?source=<id>`` picks a camera (default the first)."""
@@ -334,7 +334,7 @@ def post_reference(web, request):
     path = _config_path(web)
     if request.headers.get("Content-Length"):
         read_body(web, request)  # nothing is read from it; within the limit, then ignored
-    source_id = _query_value(request, "source")
+    source_id = query_value(request, "source")
     try:
         view = web.pipeline.latest_view(source_id)
     except KeyError as exc:
@@ -377,9 +377,11 @@ def _remove_quietly(path):
         log.warning("could not remove %s: %s", path, exc)
 
 
-def _query_value(request, name):
+def query_value(request, name, default=None):
+    """The first value of ``name`` in the request's query string (``default`` without one);
+    the HTTP handlers and the setup API read ``?source=``, ``?raw=``, ``?roi=`` with it."""
     values = [v for k, v in parse_qsl(urlsplit(request.path).query) if k == name]
-    return values[0] if values else None
+    return values[0] if values else default
 
 
 # -- GET/POST /api/preview ----------------------------------------------------------------------

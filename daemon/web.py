@@ -18,7 +18,7 @@ import socketserver
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 import cv2
 import numpy as np
@@ -237,21 +237,17 @@ def get_metrics(web, request):
     return Response(200, text, "text/plain; version=0.0.4; charset=utf-8")
 
 
-def _query(request, name, default=None):
-    return (parse_qs(urlsplit(request.path).query).get(name) or [default])[0]
-
-
 def get_snapshot(web, request):
     """The newest frame with its ROIs drawn; ``?source=<id>`` picks a camera (default the
     first); ``?raw=1``: the picture without drawing, in the pixels the ROIs are drawn in (with
     ``roi.align``, the frame registered to the reference, so boxes drawn on it stay put)."""
     try:
-        view = web.pipeline.latest_view(_query(request, "source"))
+        view = web.pipeline.latest_view(setup_api.query_value(request, "source"))
     except KeyError as exc:
         return error(404, exc.args[0])
     if view is None:
         return error(503, "no frame yet")
-    raw = _query(request, "raw") == "1"
+    raw = setup_api.query_value(request, "raw") == "1"
     image = view.roi_image if raw else annotate(view)
     return Response(200, encode_jpeg(image), "image/jpeg", {"X-Frame-Index": str(view.frame.index)})
 
@@ -266,7 +262,7 @@ def get_upload_page(web, request):
 def get_stream(web, request):
     """MJPEG of the annotated frames at most ``http.stream_fps`` (``?source=<id>`` picks a
     camera); answers by itself."""
-    source_id = _query(request, "source")
+    source_id = setup_api.query_value(request, "source")
     if source_id is not None and source_id not in web.pipeline.source_ids():
         return error(404, "no source %r" % source_id)
     if not web.streams.acquire(blocking=False):
@@ -301,7 +297,7 @@ def get_stream(web, request):
 
 def post_predict(web, request):
     """An image in the body (raw or multipart); ``?roi=center|segment|grid|boxes``."""
-    roi_mode = _query(request, "roi", "center")
+    roi_mode = setup_api.query_value(request, "roi", "center")
     if roi_mode not in STILL_ROI_MODES:
         return error(400, "roi must be one of %s, not %r" % (", ".join(STILL_ROI_MODES), roi_mode))
     try:
