@@ -5,6 +5,7 @@ holding every problem as ``path.to.key: message``.
 """
 
 import difflib
+import functools
 import logging
 import os
 import re
@@ -750,7 +751,14 @@ PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _is_image(path):
     """Whether OpenCV decodes ``path`` as an image (a reference frame must be one: the capture
-    loop registers every frame to it)."""
+    loop registers every frame to it). Decoded once per version of the file: every setup-page
+    preview validates its settings."""
+    status = os.stat(path)
+    return _decodes(path, status.st_mtime, status.st_size)
+
+
+@functools.lru_cache(maxsize=16)
+def _decodes(path, mtime, size):
     import cv2
 
     return cv2.imread(path, cv2.IMREAD_GRAYSCALE) is not None
