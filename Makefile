@@ -30,7 +30,7 @@ PY36_TESTS := tests/test_batching.py tests/test_config.py tests/test_daemon_mqtt
 	tests/test_pipeline_in_process.py tests/test_web.py tests/test_outbox.py tests/test_notify.py \
 	tests/test_publisher_in_process.py tests/test_several_cameras.py
 
-.PHONY: help setup gstreamer-env py36-env jetson-check mosquitto sevenzip browser fonts train-fonts soak data train train-small baselines export eval eval-real eval-meters test check lint demo build-engine install uninstall bench clean
+.PHONY: help setup gstreamer-env py36-env jetson-check mosquitto sevenzip browser fonts train-fonts soak data train train-small baselines export quantize eval eval-real eval-meters test check lint demo build-engine install uninstall bench clean
 
 help:
 	@echo "make demo          run the daemon on the bundled sample video (CPU) and print what MQTT receives"
@@ -47,6 +47,7 @@ help:
 	@echo "make eval          accuracy, per-class table and confusion matrices"
 	@echo "make eval-real     read the 160 real sudoku photos in ../shared: figures + failure images"
 	@echo "make eval-meters   read held-out meter digits made here (FreeFont drums, seven segments, transitions)"
+	@echo "make quantize      int8 copies of the ONNX models for ONNX Runtime on the CPU (checked on MNIST)"
 	@echo "make build-engine  ONNX -> TensorRT engine (on the Jetson; MODEL=small for the small network)"
 	@echo "make jetson-check  what this device has (L4T, TensorRT, CUDA, OpenCV+GStreamer, pycuda, cameras)"
 	@echo "make install       install under PREFIX=$(PREFIX) with the systemd unit (DESTDIR supported)"
@@ -112,6 +113,7 @@ train-small: $(STAMP) train-fonts
 	$(PY) -m engine_build.train --arch seed001 --init-from models/small.keras --meter-digits 24000 --epochs 6 \
 	  --learning-rate 1e-3 --output models/small.keras
 	$(PY) -m engine_build.export_onnx --model models/small.keras --output models/small.onnx
+	$(PY) -m engine_build.quantize --model models/small.onnx
 
 baselines: $(STAMP)
 	$(PY) -m engine_build.train --arch seed001 --font-variants 0 --marks 0 --meter-digits 0 --output models/baselines/seed001.keras
@@ -119,6 +121,13 @@ baselines: $(STAMP)
 
 export: $(STAMP)
 	$(PY) -m engine_build.export_onnx --model models/digits.keras --output models/digits.onnx
+	$(MAKE) quantize
+
+# int8 copies for ONNX Runtime on the CPU (backend.onnx_precision: int8, the default), each
+# checked against its float model on MNIST test
+quantize: $(STAMP) train-fonts
+	$(PY) -m engine_build.quantize --model models/digits.onnx
+	$(PY) -m engine_build.quantize --model models/small.onnx
 
 eval: $(STAMP)
 	$(PY) -m engine_build.evaluate

@@ -378,6 +378,13 @@ SCHEMA = Schema(
                     choices=("auto", "tensorrt", "onnxruntime", "tensorflow"),
                 ),
                 "onnx_model": Field(str, "models/digits.onnx", "ONNX model (onnxruntime)"),
+                "onnx_precision": Field(
+                    str,
+                    "int8",
+                    "onnxruntime: int8 runs the model's int8 copy (make quantize), unsure crops "
+                    "again in float32; fp32 the model alone",
+                    choices=("int8", "fp32"),
+                ),
                 "keras_model": Field(str, "models/digits.keras", "Keras model (tensorflow)"),
                 "engine": Field(str, "models/digits.fp16.engine", "TensorRT engine (tensorrt)"),
                 "threads": Field(

@@ -30,6 +30,13 @@ def sidecar_path(model_path):
     return str(model_path) + ".json"
 
 
+def int8_model_path(onnx_path):
+    """``models/digits.onnx`` -> ``models/digits.int8.onnx``: where ``engine_build.quantize``
+    writes a model's int8 copy and the ONNX Runtime backend looks for it."""
+    stem, extension = os.path.splitext(str(onnx_path))
+    return stem + ".int8" + extension
+
+
 def sha256_of(path):
     """Hex SHA-256 of a file, read in chunks."""
     digest = hashlib.sha256()

@@ -78,17 +78,27 @@ def main(argv=None):
     parser.add_argument("--model", default="models/digits.onnx")
     parser.add_argument("--count", type=int, default=4000)
     parser.add_argument("--seed", type=int, default=HELD_OUT_SEED)
+    parser.add_argument(
+        "--precision",
+        choices=("int8", "fp32"),
+        default="int8",
+        help="backend.onnx_precision (the daemon's: int8)",
+    )
     args = parser.parse_args(argv)
     from daemon.backends import load_backend
 
     settings = config.from_dict(
-        {"source": {"type": "v4l2"}, "backend": {"type": "onnxruntime", "onnx_model": args.model}}
+        {
+            "source": {"type": "v4l2"},
+            "backend": {"type": "onnxruntime", "onnx_model": args.model, "onnx_precision": args.precision},
+        }
     ).backend
     backend = load_backend(settings, 256)
     try:
         figures = measure(backend, args.count, args.seed)
     finally:
         backend.close()
+    print("%s, %s" % (args.model, backend.name))
     print(
         "held-out meter digits (FreeFont drums, seven segments; seed %d): %d of %d read right (%.2f %%)"
         % (args.seed, figures["digits_right"], figures["digits"], 100 * figures["digit_accuracy"])

@@ -1,5 +1,6 @@
 """CPU backends on the shipped model: agreement, lazy imports, auto selection."""
 
+import shutil
 import subprocess
 import sys
 
@@ -8,6 +9,7 @@ import pytest
 
 from daemon import backends, config
 from daemon.backends import BackendUnavailable
+from daemon.backends import onnxruntime as onnxruntime_backend
 from daemon.preprocess import normalise_uint8
 from tests.helpers import MODELS, ROOT
 
@@ -22,7 +24,7 @@ def backend_settings(**values):
 @pytest.mark.host  # TensorFlow
 def test_onnxruntime_and_tensorflow_agree_on_mnist(mnist_test):
     images = normalise_uint8(mnist_test[0][:300])
-    with backends.load_backend(backend_settings(type="onnxruntime")) as ort_backend:
+    with backends.load_backend(backend_settings(type="onnxruntime", onnx_precision="fp32")) as ort_backend:
         ort_probs = ort_backend.infer(images)
         assert ort_backend.name == "onnxruntime-fp32"
     with backends.load_backend(backend_settings(type="tensorflow")) as tf_backend:
@@ -45,7 +47,7 @@ def test_infer_all_chunks_batches_larger_than_max_batch(mnist_test):
 def test_auto_picks_onnxruntime_here_and_says_why(caplog):
     caplog.set_level("INFO")
     backend = backends.load_backend(backend_settings(type="auto"))
-    assert backend.name == "onnxruntime-fp32"
+    assert backend.name == "onnxruntime-int8"
     assert "TensorRT is not importable" in caplog.text
 
 
@@ -54,6 +56,58 @@ def test_auto_picks_onnxruntime_here_and_says_why(caplog):
 def test_auto_falls_back_to_tensorflow_without_the_onnx_model(tmp_path):
     backend = backends.load_backend(backend_settings(type="auto", onnx_model=str(tmp_path / "none.onnx")))
     assert backend.name == "tensorflow-fp32"
+
+
+def copy_model(source, folder, with_int8=True):
+    """models/<source>.onnx (and its int8 copy) with their sidecars in ``folder``."""
+    for name in [source + ".onnx"] + ([source + ".int8.onnx"] if with_int8 else []):
+        for suffix in ("", ".json"):
+            shutil.copy(str(MODELS / (name + suffix)), str(folder / (name + suffix)))
+    return folder / (source + ".onnx")
+
+
+def test_int8_reads_as_the_float_model_at_a_fraction_of_the_work(mnist_test, tmp_path):
+    """The default: the int8 copy answers, the rows it is unsure of are run again in float32,
+    so the readings are the float model's (its probabilities differ by quantisation noise)."""
+    from daemon.postprocess import classify
+
+    images = normalise_uint8(mnist_test[0][:2000])
+    # crops the network is unsure of: two digits overlaid, and noise
+    rng = np.random.default_rng(3)
+    blends = np.clip(images[:200] + images[200:400][::-1], 0, 1)
+    noise = rng.random((100, 28, 28, 1)).astype(np.float32) * (rng.random((100, 1, 1, 1)) < 0.5)
+    batch = np.concatenate([images, blends, noise])
+    with backends.load_backend(backend_settings(type="onnxruntime", onnx_precision="fp32")) as exact:
+        expected = exact.infer(batch)
+    with backends.load_backend(backend_settings(type="onnxruntime")) as fast:
+        assert fast.name == "onnxruntime-int8"
+        got = fast.infer(batch)
+        assert 0 < fast.rechecked < 0.25 * len(batch)  # some rows, not most
+    for min_confidence in (0.5, 0.9):
+        assert [classify(p, min_confidence)[0] for p in got] == [
+            classify(p, min_confidence)[0] for p in expected
+        ]
+    rechecked = got.max(1) < onnxruntime_backend.RECHECK_BELOW
+    assert np.array_equal(got[rechecked], expected[rechecked])  # run again: the float answer itself
+    assert 0 < np.abs(got - expected).max() < 0.05  # the rest: int8, close to float
+
+
+def test_int8_copy_missing_or_made_from_another_model_runs_float32(tmp_path, caplog):
+    caplog.set_level("WARNING")
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    backend = backends.load_backend(
+        backend_settings(type="onnxruntime", onnx_model=str(copy_model("digits", alone, False)))
+    )
+    assert backend.name == "onnxruntime-fp32" and "make quantize" in caplog.text
+    stale = tmp_path / "stale"
+    stale.mkdir()
+    model = copy_model("digits", stale)
+    shutil.copy(str(MODELS / "small.onnx"), str(model))  # retrained since the int8 copy was made
+    shutil.copy(str(MODELS / "small.onnx.json"), str(model) + ".json")
+    caplog.clear()
+    backend = backends.load_backend(backend_settings(type="onnxruntime", onnx_model=str(model)))
+    assert backend.name == "onnxruntime-fp32" and "another version" in caplog.text
 
 
 def test_missing_model_is_backend_unavailable(tmp_path):

@@ -36,7 +36,7 @@ def test_every_frame_arrives_readings_are_right_and_messages_match_the_schema(
     for kind in ("prediction", "state", "stats"):
         for payload in subscriber.payloads(kind):
             schemas[kind].validate(payload)
-    assert all(p["backend"] == "onnxruntime-fp32" and p["device_id"] == "test-01" for p in predictions)
+    assert all(p["backend"] == "onnxruntime-int8" and p["device_id"] == "test-01" for p in predictions)
     digits = [(p["rois"][0]["digit"], TRUTH[p["frame"] - 1]) for p in predictions]
     with_digit = [(got, want) for got, want in digits if want is not None]
     accuracy = sum(got == want for got, want in with_digit) / float(len(with_digit))

@@ -269,7 +269,7 @@ def test_http_endpoints_and_bad_uploads(tmp_path, mnist_test):
     process = start(tmp_path, http={"port": free_port(), "max_body_bytes": 200000, "max_pixels": 4000000})
     try:
         health = wait_http(process)
-        assert health["backend"] == "onnxruntime-fp32" and health["status"] == "ok"
+        assert health["backend"] == "onnxruntime-int8" and health["status"] == "ok"
         time.sleep(1.0)
         status, headers, body = get(process.http_port, "/metrics")
         assert status == 200 and headers["Content-Type"].startswith("text/plain")

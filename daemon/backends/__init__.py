@@ -38,7 +38,7 @@ def _instantiate(kind, settings, max_batch):
             zero_copy=settings.zero_copy,
         )
     if kind == "onnxruntime":
-        return cls(settings.onnx_model, threads=settings.threads)
+        return cls(settings.onnx_model, threads=settings.threads, precision=settings.onnx_precision)
     return cls(settings.keras_model, threads=settings.threads)
 
 
