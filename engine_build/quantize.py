@@ -69,6 +69,7 @@ def calibration_images(count, data_dir=None, seed=CALIBRATION_SEED):
 
 def quantize(onnx_path, output_path, images):
     """Write the int8 model of ``onnx_path`` to ``output_path``, calibrated on ``images``."""
+    import onnx
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -76,7 +77,6 @@ def quantize(onnx_path, output_path, images):
         QuantType,
         quantize_static,
     )
-    import onnx
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     meta = model_meta.read(onnx_path)
