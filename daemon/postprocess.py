@@ -51,16 +51,27 @@ def for_style(probabilities, style):
     return kept / total if total > 0 else kept
 
 
-def _winning_other_class(probabilities):
-    """The class past the digits that wins the crop: ``DIGIT_CLASSES`` ("not a digit"),
-    ``TRANSITION_INDEX`` ("digit in transition"), or None when a digit is the likeliest.
-    Between the two the likelier wins (a drum at p(transition) 0.99 and p(not a digit) 0.001
-    is in transition, not a mark); a tie goes to "not a digit"."""
-    winner, best = None, float(np.max(probabilities[:DIGIT_CLASSES]))
+def _decide(probabilities):
+    """(likeliest digit, its probability, the class past the digits that wins the crop or
+    None) from one probability vector, in plain floats (a frame has up to 81 of them).
+
+    The winner past the digits is ``DIGIT_CLASSES`` ("not a digit") or ``TRANSITION_INDEX``
+    ("digit in transition") when it beats every digit. Between the two the likelier wins (a
+    drum at p(transition) 0.99 and p(not a digit) 0.001 is in transition, not a mark); a tie
+    goes to "not a digit"."""
+    values = probabilities.tolist() if hasattr(probabilities, "tolist") else list(probabilities)
+    digits = values[:DIGIT_CLASSES]
+    confidence = max(digits)
+    winner, best = None, confidence
     for index in (DIGIT_CLASSES, TRANSITION_INDEX):
-        if len(probabilities) > index and float(probabilities[index]) > best:
-            winner, best = index, float(probabilities[index])
-    return winner
+        if len(values) > index and values[index] > best:
+            winner, best = index, values[index]
+    return digits.index(confidence), confidence, winner
+
+
+def _winning_other_class(probabilities):
+    """The class past the digits that wins the crop (see ``_decide``), or None."""
+    return _decide(probabilities)[2]
 
 
 def is_mark(probabilities):
@@ -84,9 +95,8 @@ def classify(probabilities, min_confidence):
     """Return (digit or None, confidence) for one probability vector: None when the crop is
     not a digit (reject class), a drum in transition, or the likeliest digit is below
     ``min_confidence``."""
-    index = int(np.argmax(probabilities[:DIGIT_CLASSES]))
-    confidence = float(probabilities[index])
-    if _winning_other_class(probabilities) is not None:
+    index, confidence, winner = _decide(probabilities)
+    if winner is not None:
         return None, confidence
     return (index if confidence >= min_confidence else None), confidence
 
@@ -123,10 +133,11 @@ def reading_for(region, probabilities, min_confidence):
     reads as no digit with confidence 0."""
     digit, confidence, mark, transition = None, 0.0, False, False
     if probabilities is not None:
-        probabilities = for_style(probabilities, getattr(region, "style", None))
-        digit, confidence = classify(probabilities, min_confidence)
-        mark = is_mark(probabilities)
-        transition = is_transition(probabilities)
+        index, confidence, winner = _decide(for_style(probabilities, getattr(region, "style", None)))
+        if winner is None and confidence >= min_confidence:
+            digit = index
+        mark = winner == DIGIT_CLASSES
+        transition = winner == TRANSITION_INDEX
     return RoiReading(region.id, region.box, digit, confidence, region.line, region.cell, mark, transition)
 
 

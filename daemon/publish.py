@@ -118,6 +118,7 @@ class MqttPublisher(object):
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._stop = threading.Event()
+        self._handing = False  # a thread is between taking a message and paho.publish
         self._overflow_logged = False
         self._error_logged = None  # (text, monotonic time of the next repeat, interval)
         self._connack_refused = False
@@ -227,7 +228,16 @@ class MqttPublisher(object):
                     self._overflow_logged = True
             self.stats.pending = len(self._outbox)
             self.stats.spool_failures = self._outbox.spool_failures
-            self._wake.notify()
+            taken = self._take_if_idle()
+            if taken is None:
+                self._wake.notify()
+                return
+        # Nothing older is waiting and nobody else is handing a message over: hand this one
+        # to paho from here, a thread switch sooner (a third of the way to the broker here).
+        try:
+            self._hand(*taken)
+        except Exception:  # noqa: BLE001 - given back to the outbox; the sender retries it
+            log.exception("MQTT: handing a message to paho failed; the sender retries it")
 
     def pending(self):
         """Messages queued or handed to paho and not yet acknowledged."""
@@ -242,38 +252,66 @@ class MqttPublisher(object):
                 log.exception("MQTT: sending failed")
                 self._stop.wait(1.0)
 
+    def _ready_to_hand(self):
+        """Whether the oldest pending message may go to paho now (call with the lock held)."""
+        return (
+            self.stats.connected
+            and not self._handing
+            and self._outbox.pending_count()
+            and self._outbox.handed_count() < MAX_HANDED_TO_PAHO
+        )
+
+    def _take_if_idle(self):
+        """The message just queued, taken for handing over, when it is the only one pending
+        and may go now; else None (call with the lock held)."""
+        if self._outbox.pending_count() != 1 or self._stop.is_set() or not self._ready_to_hand():
+            return None
+        self._handing = True
+        return self._outbox.take()
+
     def _send_one(self):
         """Hand the oldest pending message to paho once connected and below the in-flight cap."""
         with self._wake:
-            while not self._stop.is_set() and not (
-                self.stats.connected
-                and self._outbox.pending_count()
-                and self._outbox.handed_count() < MAX_HANDED_TO_PAHO
-            ):
+            while not self._stop.is_set() and not self._ready_to_hand():
                 self._wake.wait(0.5)
             if self._stop.is_set():
                 return
+            self._handing = True
             key, message = self._outbox.take()
+        if not self._hand(key, message):
+            self._stop.wait(0.1)  # not connected after all: retry later
+
+    def _hand(self, key, message):
+        """paho.publish one taken message; False when paho refused it (given back). One
+        thread at a time hands over (``_handing``), so messages reach paho in queue order."""
+        client = self._client
+        if client is None:  # stopped meanwhile
+            with self._wake:
+                self._outbox.give_back(key)
+                self._handing = False
+            return False
         # Not under our lock: paho calls on_publish with its own lock held.
         try:
-            info = self._client.publish(
-                message.topic, message.payload, qos=message.qos, retain=message.retain
-            )
+            info = client.publish(message.topic, message.payload, qos=message.qos, retain=message.retain)
         except Exception:
             with self._wake:
                 self._outbox.give_back(key)
+                self._handing = False
+                self._wake.notify()
             raise
         with self._wake:
+            self._handing = False
+            self._wake.notify()
             if info.rc != 0 and message.qos == 0:
-                self._outbox.give_back(key)  # not connected after all: retry later
-                self._wake.wait(0.1)
-                return
+                self._outbox.give_back(key)
+                return False
             self.stats.published += 1
             if info.mid in self._early_acks:
                 self._early_acks.discard(info.mid)
                 self._acknowledge(key)
             else:
                 self._keys[info.mid] = key
+        return True
 
     def _acknowledge(self, key):
         self._outbox.ack(key)
