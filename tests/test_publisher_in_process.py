@@ -66,3 +66,45 @@ def test_messages_wait_for_a_broker_that_starts_late_and_the_oldest_go_when_the_
             broker.stop()
     finally:
         publisher.stop(flush_timeout=0)
+
+
+def test_messages_from_several_threads_keep_their_order_whether_handed_over_at_once_or_queued(
+    broker, subscriber_factory
+):
+    """A message is handed to paho by the thread that publishes it when nothing older waits,
+    else by the sender thread: mixing both (paced and burst publishers) loses and reorders
+    nothing."""
+    import random
+    import threading
+
+    subscriber = subscriber_factory(broker.port)
+    publisher = publisher_for(broker.port).start()
+    assert subscriber.wait_for(lambda s: publisher.stats.connected, timeout=10)
+    handed_by = set()
+    hand = publisher._hand
+
+    def spy(key, message):
+        handed_by.add(threading.current_thread().name)
+        return hand(key, message)
+
+    publisher._hand = spy
+
+    def paced(name):
+        pick = random.Random(name)
+        for index in range(150):
+            publisher.publish("prediction", {"source": name, "index": index})
+            time.sleep(pick.choice((0, 0, 0.002)))
+
+    threads = [threading.Thread(target=paced, args=(name,), name=name) for name in ("cam0", "cam1", "cam2")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert subscriber.wait_for(lambda s: len(s.on("prediction")) == 450, timeout=20)
+    publisher.stop(flush_timeout=5)
+    for name in ("cam0", "cam1", "cam2"):
+        indices = [p["index"] for p in subscriber.payloads("prediction") if p["source"] == name]
+        assert indices == list(range(150)), name
+    # both ways were taken: by a publishing thread and by the sender
+    assert "mqtt-sender" in handed_by and handed_by & {"cam0", "cam1", "cam2"}
+    assert publisher.stats.dropped == 0 and publisher.stats.published == 450
