@@ -505,6 +505,7 @@ GRID_MIN_SCORE = 0.45  # line coverage less cell fill below which a quadrilatera
 GRID_REFINE_GAIN = 0.03
 GRID_CELL_SLACK = 0.12  # a digit's box may overrun its cell by this share (warp, curved paper)
 GRID_WALL_SHARE = 0.7  # a cell's component with more of its ink along the walls is wall, not digit
+GRID_PART_REACH = 0.1  # a piece of a digit's broken stroke lies within its box, give or take this share of a cell
 GRID_DIGIT_MIN_HEIGHT = 0.25  # a digit in a grid cell is at least this share of the cell tall (or wide)
 # A camera's grid stays where it was: the last outline is kept while its score on the new frame
 # stays within this of the score it was found with; below, the grid is searched for again.
@@ -875,9 +876,11 @@ class GridRoi(object):
         left, top = core_boxes[:, 0].min(), core_boxes[:, 1].min()
         right = (core_boxes[:, 0] + core_boxes[:, 2]).max()
         bottom = (core_boxes[:, 1] + core_boxes[:, 3]).max()
-        # the core, and the components touching the cell whose centre lies inside the digit's
-        # box: a broken stroke lies inside it; a wall's remnant only brushes it
+        # the core, and the components touching the cell that lie inside the digit's box (give
+        # or take GRID_PART_REACH): a broken stroke lies inside it; a wall's remnant only brushes
+        # it, or runs on beyond it (a line's blurred edge under a digit)
         centre_x, centre_y = x + w / 2.0, y + h / 2.0
+        reach = GRID_PART_REACH * cell
         parts = (
             (x < x0 + cell)
             & (x + w > x0)
@@ -887,6 +890,10 @@ class GridRoi(object):
             & (centre_x <= right)
             & (top <= centre_y)
             & (centre_y <= bottom)
+            & (x >= left - reach)
+            & (x + w <= right + reach)
+            & (y >= top - reach)
+            & (y + h <= bottom + reach)
         )
         parts[0] = False  # the background
         parts[core] = True
