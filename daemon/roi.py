@@ -505,23 +505,86 @@ GRID_MIN_SCORE = 0.45  # line coverage less cell fill below which a quadrilatera
 GRID_REFINE_GAIN = 0.03
 GRID_CELL_SLACK = 0.12  # a digit's box may overrun its cell by this share (warp, curved paper)
 GRID_WALL_SHARE = 0.7  # a cell's component with more of its ink along the walls is wall, not digit
-GRID_PART_REACH = 0.1  # a piece of a digit's broken stroke lies within its box, give or take this share of a cell
+# Registering the cells to the grid's inner lines: a line is looked for within this share of
+# a cell of where it belongs, counts at a crossing when its ink covers GRID_LINE_SUPPORT of a
+# cell's length there, and the cells are registered when GRID_MIN_CROSSINGS of the crossings
+# are found.
+GRID_LINE_REACH = 0.3
+GRID_LINE_SUPPORT = 0.5
+GRID_MIN_CROSSINGS = 0.5
+# a piece of a digit's broken stroke lies within the digit's box, give or take this share of a cell
+GRID_PART_REACH = 0.1
 GRID_DIGIT_MIN_HEIGHT = 0.25  # a digit in a grid cell is at least this share of the cell tall (or wide)
 # A camera's grid stays where it was: the last outline is kept while its score on the new frame
 # stays within this of the score it was found with; below, the grid is searched for again.
 GRID_TRACK_DROP = 0.05
 
 
-def _long_lines(mask, length=None):
-    """Only the horizontal and vertical strokes of a mask at least ``length`` long (default:
-    a 25th of its shorter side): frames, ruled lines, grid lines; text removed."""
-    length = length or max(9, min(mask.shape) // 25)
+def _line_masks(mask, length):
+    """(horizontal, vertical): the strokes of a mask at least ``length`` long in each direction."""
     horizontal = cv2.morphologyEx(
         mask, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_RECT, (length, 1))
     )
     vertical = cv2.morphologyEx(mask, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_RECT, (1, length)))
+    return horizontal, vertical
+
+
+def _long_lines(mask, length=None, line_masks=None):
+    """Only the horizontal and vertical strokes of a mask at least ``length`` long (default:
+    a 25th of its shorter side): frames, ruled lines, grid lines; text removed."""
+    horizontal, vertical = line_masks or _line_masks(mask, length or max(9, min(mask.shape) // 25))
     lines = cv2.bitwise_or(horizontal, vertical)
     return cv2.dilate(lines, cv2.getStructuringElement(cv2.MORPH_RECT, (3, 3)))
+
+
+def _intersections(horizontal, vertical, rows, cols):
+    """(found, ideal): float32 [N,2] points where the lines of a flat grid (its line masks)
+    cross, each measured from the ink of its two lines within half a cell of the crossing,
+    and where they belong in the flat grid. Crossings whose lines are missing or faint
+    there (GRID_LINE_SUPPORT) are left out."""
+    height, width = horizontal.shape
+    step_x, step_y = (width - 1) / float(cols), (height - 1) / float(rows)
+    # ink of the horizontal lines, summed along each row (and of the vertical along each
+    # column) from the image's edge: any stretch's count is a difference of two
+    along_rows = np.zeros((height, width + 1), np.int32)
+    along_rows[:, 1:] = np.cumsum(horizontal > 0, axis=1)
+    along_cols = np.zeros((height + 1, width), np.int32)
+    along_cols[1:] = np.cumsum(vertical > 0, axis=0)
+    found, ideal = [], []
+    # inner lines only: the frame is drawn thicker, and its outer edge (not its middle) is
+    # where the corners put it
+    for row in range(1, rows):
+        y = row * step_y
+        ys = np.arange(
+            max(0, int(round(y - GRID_LINE_REACH * step_y))),
+            min(height, int(round(y + GRID_LINE_REACH * step_y)) + 1),
+        )
+        y0, y1 = max(0, int(round(y - step_y / 2))), min(height, int(round(y + step_y / 2)))
+        for col in range(1, cols):
+            x = col * step_x
+            x0, x1 = max(0, int(round(x - step_x / 2))), min(width, int(round(x + step_x / 2)))
+            xs = np.arange(
+                max(0, int(round(x - GRID_LINE_REACH * step_x))),
+                min(width, int(round(x + GRID_LINE_REACH * step_x)) + 1),
+            )
+            across_row = along_rows[ys, x1] - along_rows[ys, x0]  # the horizontal line, row by row
+            across_col = along_cols[y1, xs] - along_cols[y0, xs]  # the vertical line, column by column
+            if across_row.max() < GRID_LINE_SUPPORT * (x1 - x0) or across_col.max() < GRID_LINE_SUPPORT * (
+                y1 - y0
+            ):
+                continue
+            # the middle of each line: its rows (columns) weighted by their ink, the faint
+            # fringe left out
+            across_row = np.where(across_row >= across_row.max() / 2, across_row, 0)
+            across_col = np.where(across_col >= across_col.max() / 2, across_col, 0)
+            found.append(
+                (
+                    float(np.dot(xs, across_col)) / across_col.sum(),
+                    float(np.dot(ys, across_row)) / across_row.sum(),
+                )
+            )
+            ideal.append((x, y))
+    return np.float32(found).reshape(-1, 2), np.float32(ideal).reshape(-1, 2)
 
 
 def _hull_of_cell_groups(lines, min_area):
@@ -647,6 +710,8 @@ class GridRoi(object):
         self.cell_px = cell_px
         # (searched image shape, corners there, score when found, thumbnail of the frame)
         self._tracked = None
+        self._searched = False  # whether the last find_grid looked at the frame (no still camera)
+        self._correction = None  # the flat grid registered to its lines (_registration_to_lines)
 
     def find_grid(self, gray):
         """Corners (tl, tr, br, bl) of the grid's outer frame, or None.
@@ -660,8 +725,10 @@ class GridRoi(object):
         scale = min(1.0, float(GRID_WORK_SIZE) / max(gray.shape))
         thumbnail = _thumbnail(gray)
         tracked = self._tracked
+        self._searched = False
         if tracked is not None and _unchanged(tracked[3], thumbnail):
             return (tracked[1] / scale).astype(np.float32)  # a still camera: nothing moved
+        self._searched = True  # searched, or checked again: extract_grid registers it to its lines
         # INTER_AREA: bilinear here loses thin grid lines (one real photo's grid not found)
         work = cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else gray
         mask = _ink_mask(work, block_fraction=0.04, offset=6)
@@ -793,7 +860,19 @@ class GridRoi(object):
         warp = cv2.getPerspectiveTransform(corners, target)
         flat = cv2.warpPerspective(gray, warp, size, flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REPLICATE)
         ink_bright = region_ink_is_bright(flat)
-        mask, labels, stats = self._digit_components(flat, ink_bright)
+        mask, labels, stats, line_masks = self._digit_components(flat, ink_bright)
+        # the four corners put the frame in place; its inner lines put every cell in place (the
+        # correction is measured when the grid was looked for, kept while the camera is still)
+        if outline is None:
+            self._correction = None
+        elif self._searched:
+            self._correction = self._registration_to_lines(line_masks)
+        if self._correction is not None:
+            warp = self._correction.dot(warp)
+            flat = cv2.warpPerspective(
+                gray, warp, size, flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REPLICATE
+            )
+            mask, labels, stats, _ = self._digit_components(flat, ink_bright)
         cores = self._digit_cores(stats)
         cell = self.cell_px
         # every cell's top-left and bottom-right corner back in frame pixels, in one call
@@ -854,10 +933,39 @@ class GridRoi(object):
     def _digit_components(self, flat, ink_bright):
         """(ink mask, component labels, component stats) of the flat grid without its lines."""
         mask = _ink_mask(flat, block_fraction=0.05, offset=8, ink_bright=ink_bright)
-        lines = _long_lines(mask, int(self.cell_px * 1.5))
+        line_masks = _line_masks(mask, int(self.cell_px * 1.5))
+        lines = _long_lines(mask, line_masks=line_masks)
         strokes = cv2.bitwise_and(mask, cv2.bitwise_not(lines))
         _, labels, stats, _ = components(strokes)
-        return mask, labels, stats
+        return mask, labels, stats, line_masks
+
+    def _registration_to_lines(self, line_masks):
+        """The homography that moves a flat grid's inner line crossings to where they belong
+        (fitted to every crossing found, RANSAC), or None when too few are found, when it
+        would not bring them closer (a curved page) or they lie within half a pixel already.
+        A corner placed a few pixels off, or a frame line thickened by a shadow, leave walls
+        inside the cells otherwise (the flag that makes a printed 1 a 7)."""
+        found, ideal = _intersections(line_masks[0], line_masks[1], self.rows, self.cols)
+        needed = GRID_MIN_CROSSINGS * (self.rows - 1) * (self.cols - 1)
+        if len(found) < max(8, needed):
+            return None
+        correction, inliers = cv2.findHomography(
+            found, ideal, cv2.RANSAC, GRID_CELL_SLACK * self.cell_px / 2.0
+        )
+        if correction is None or int(inliers.sum()) < needed:
+            return None
+        before = np.hypot(*(found - ideal).T)
+        moved = cv2.perspectiveTransform(found.reshape(-1, 1, 2), correction).reshape(-1, 2)
+        after = np.hypot(*(moved - ideal).T)
+        # a page that curves fits no homography: one that leaves any crossing worse is refused
+        if not (np.percentile(after, 90) < np.percentile(before, 90) and after.max() <= before.max()):
+            return None
+        if (
+            np.abs(cv2.perspectiveTransform(ideal.reshape(-1, 1, 2), correction).reshape(-1, 2) - ideal).max()
+            < 0.5
+        ):
+            return None
+        return correction
 
     def _cell_crop(self, flat, mask, labels, stats, x0, y0, core, paper_level, ink_bright=False):
         """The cell with only its digit's ink left: its ``core`` components (``_digit_cores``)

@@ -168,3 +168,53 @@ def test_a_walls_remnant_around_a_digit_is_not_read_with_it(reader, mnist_test):
         cv2.line(flat, (x0 - 6, y0 + 43), (x0 + 41, y0 + 43), 120, 2)  # above its bottom wall
         right += grid_reader.read_still(flat, "grid")["grid"][2][2] == int(labels[index])
     assert right >= 28, right
+
+
+class CornerOff(roi.GridRoi):
+    """A grid search that put the corners ``offsets`` pixels off (a blurred or thickened frame)."""
+
+    def __init__(self, offsets):
+        roi.GridRoi.__init__(self)
+        self.offsets = np.float32(offsets)
+
+    def find_grid(self, gray):
+        corners = roi.GridRoi.find_grid(self, gray)
+        return corners + self.offsets
+
+
+def read_grid(reader, image, extractor):
+    prepared = reader.prepare(image, extractor)
+    readings = reader.readings(prepared, reader.infer(prepared.prepared))
+    return reader.frame_payload(readings)["grid"]
+
+
+def test_cells_are_registered_to_the_grid_lines_when_a_corner_is_found_a_few_pixels_off(
+    reader, mnist_test, monkeypatch
+):
+    """The frame's corners put the grid in place, its inner lines every cell: corners found
+    9 px (a sixth of a cell) off leave walls inside the cells near them, read as digits or
+    spoiling the digits there, unless the cells are registered to the lines they see. Then
+    the grid reads as well as with its corners found right."""
+    offsets = [[-9, -9], [0, 0], [0, 0], [8, 8]]  # top-left and bottom-right found outside
+    rng = np.random.default_rng(5)
+    wrong = {"corners right": 0, "corners off, registered": 0, "corners off, not registered": 0}
+    for _ in range(5):
+        image, truth = synthetic.sudoku_image(rng, *mnist_test, (), empty_fraction=0.4)
+        gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) if image.ndim == 3 else image
+
+        def cells_wrong(extractor):
+            grid = read_grid(reader, gray, extractor)
+            return sum(grid[r][c] != truth[r][c] for r in range(9) for c in range(9))
+
+        wrong["corners right"] += cells_wrong(roi.GridRoi())
+        camera = CornerOff(offsets)
+        wrong["corners off, registered"] += cells_wrong(camera)
+        # a still camera's next frame: no new search, the registration is kept
+        noisy = np.clip(gray + rng.normal(0, 2.0, gray.shape), 0, 255).astype(np.uint8)
+        assert read_grid(reader, noisy, camera) == read_grid(reader, gray, CornerOff(offsets))
+        assert not camera._searched and camera._correction is not None
+        with monkeypatch.context() as patch:
+            patch.setattr(roi.GridRoi, "_registration_to_lines", lambda self, line_masks: None)
+            wrong["corners off, not registered"] += cells_wrong(CornerOff(offsets))
+    assert wrong["corners off, registered"] <= wrong["corners right"] + 1, wrong
+    assert wrong["corners off, not registered"] >= wrong["corners right"] + 8, wrong
