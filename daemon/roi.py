@@ -506,12 +506,15 @@ GRID_REFINE_GAIN = 0.03
 GRID_CELL_SLACK = 0.12  # a digit's box may overrun its cell by this share (warp, curved paper)
 GRID_WALL_SHARE = 0.7  # a cell's component with more of its ink along the walls is wall, not digit
 # Registering the cells to the grid's inner lines: a line is looked for within this share of
-# a cell of where it belongs, counts at a crossing when its ink covers GRID_LINE_SUPPORT of a
-# cell's length there, and the cells are registered when GRID_MIN_CROSSINGS of the crossings
-# are found.
+# a cell of where it belongs and counts at a crossing when its ink covers GRID_LINE_SUPPORT
+# of a cell's length there; the cells are registered when GRID_MIN_CROSSINGS crossings agree
+# (RANSAC inliers) and the crossings found span GRID_CROSSINGS_SPREAD of the grid each way
+# (a blurred photo shows only its thick lines; a fit held in one corner says nothing of
+# the rest).
 GRID_LINE_REACH = 0.3
 GRID_LINE_SUPPORT = 0.5
-GRID_MIN_CROSSINGS = 0.5
+GRID_MIN_CROSSINGS = 8
+GRID_CROSSINGS_SPREAD = 0.5
 # a piece of a digit's broken stroke lies within the digit's box, give or take this share of a cell
 GRID_PART_REACH = 0.1
 GRID_DIGIT_MIN_HEIGHT = 0.25  # a digit in a grid cell is at least this share of the cell tall (or wide)
@@ -946,13 +949,17 @@ class GridRoi(object):
         A corner placed a few pixels off, or a frame line thickened by a shadow, leave walls
         inside the cells otherwise (the flag that makes a printed 1 a 7)."""
         found, ideal = _intersections(line_masks[0], line_masks[1], self.rows, self.cols)
-        needed = GRID_MIN_CROSSINGS * (self.rows - 1) * (self.cols - 1)
-        if len(found) < max(8, needed):
+        size_y, size_x = line_masks[0].shape
+        if len(found) < GRID_MIN_CROSSINGS:
+            return None
+        # spread over the grid, not bunched in one corner (nothing would hold the rest)
+        spread = found.max(axis=0) - found.min(axis=0)
+        if spread[0] < GRID_CROSSINGS_SPREAD * size_x or spread[1] < GRID_CROSSINGS_SPREAD * size_y:
             return None
         correction, inliers = cv2.findHomography(
             found, ideal, cv2.RANSAC, GRID_CELL_SLACK * self.cell_px / 2.0
         )
-        if correction is None or int(inliers.sum()) < needed:
+        if correction is None or int(inliers.sum()) < GRID_MIN_CROSSINGS:
             return None
         before = np.hypot(*(found - ideal).T)
         moved = cv2.perspectiveTransform(found.reshape(-1, 1, 2), correction).reshape(-1, 2)
