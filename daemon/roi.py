@@ -861,21 +861,23 @@ class GridRoi(object):
             )
         target = np.float32([[0, 0], [size[0] - 1, 0], [size[0] - 1, size[1] - 1], [0, size[1] - 1]])
         warp = cv2.getPerspectiveTransform(corners, target)
-        flat = cv2.warpPerspective(gray, warp, size, flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REPLICATE)
-        ink_bright = region_ink_is_bright(flat)
-        mask, labels, stats, line_masks = self._digit_components(flat, ink_bright)
         # the four corners put the frame in place; its inner lines put every cell in place (the
         # correction is measured when the grid was looked for, kept while the camera is still)
         if outline is None:
             self._correction = None
-        elif self._searched:
-            self._correction = self._registration_to_lines(line_masks)
-        if self._correction is not None:
+        elif not self._searched and self._correction is not None:
             warp = self._correction.dot(warp)
-            flat = cv2.warpPerspective(
-                gray, warp, size, flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REPLICATE
-            )
-            mask, labels, stats, _ = self._digit_components(flat, ink_bright)
+        flat = cv2.warpPerspective(gray, warp, size, flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REPLICATE)
+        ink_bright = region_ink_is_bright(flat)
+        mask, labels, stats, line_masks = self._digit_components(flat, ink_bright)
+        if outline is not None and self._searched:
+            self._correction = self._registration_to_lines(line_masks)
+            if self._correction is not None:
+                warp = self._correction.dot(warp)
+                flat = cv2.warpPerspective(
+                    gray, warp, size, flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REPLICATE
+                )
+                mask, labels, stats, _ = self._digit_components(flat, ink_bright)
         cores = self._digit_cores(stats)
         cell = self.cell_px
         # every cell's top-left and bottom-right corner back in frame pixels, in one call
