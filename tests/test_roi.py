@@ -202,7 +202,7 @@ def test_cells_are_registered_to_the_grid_lines_when_a_corner_is_found_a_few_pix
         image, truth = synthetic.sudoku_image(rng, *mnist_test, (), empty_fraction=0.4)
         gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) if image.ndim == 3 else image
 
-        def cells_wrong(extractor):
+        def cells_wrong(extractor, gray=gray, truth=truth):
             grid = read_grid(reader, gray, extractor)
             return sum(grid[r][c] != truth[r][c] for r in range(9) for c in range(9))
 
