@@ -30,7 +30,7 @@ THRESHOLD_METHODS = ("otsu", "fixed", "adaptive")
 # anyway, and every later step then costs a fraction (a 200x200 crop: ~6x less work).
 WORK_SIZE = 128
 BLUR_REFERENCE = 200.0
-POLARITY_SIZE = 40  # polarity is judged on a copy this small: it needs the strokes, not detail
+POLARITY_SIZE = 24  # polarity is judged on a copy this small: it needs the strokes, not detail
 SHARPEN_FRACTION = 24.0
 
 
