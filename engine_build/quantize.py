@@ -40,12 +40,6 @@ class QuantizeError(Exception):
     """The int8 model cannot be made or reads worse than its float model allows."""
 
 
-def int8_path(onnx_path):
-    """``models/digits.onnx`` -> ``models/digits.int8.onnx`` (the daemon looks for it there)."""
-    path = Path(onnx_path)
-    return path.with_name(path.stem + ".int8" + path.suffix)
-
-
 def calibration_images(count, data_dir=None, seed=CALIBRATION_SEED):
     """uint8 [N,28,28] (ink bright, MNIST framing): the kinds of input the daemon feeds the
     network, in about the proportions training uses (printed digits, marks and meter digits
@@ -157,7 +151,9 @@ def probabilities(path, images):
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description="Quantise an ONNX digit model to int8 for the CPU.")
     parser.add_argument("--model", default="models/digits.onnx", help="float32 ONNX model (with sidecar)")
-    parser.add_argument("--output", default=None, help="default: <model stem>.int8.onnx beside it")
+    parser.add_argument(
+        "--output", default=None, help="default: <model stem>.int8.onnx beside it, where the daemon looks"
+    )
     parser.add_argument("--calibration", type=int, default=4000, help="calibration images")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument(
@@ -172,7 +168,7 @@ def parse_args(argv=None):
 def main(args):
     """Calibrate, quantise, compare with the float model on MNIST test, write the sidecar."""
     started = time.time()
-    output = Path(args.output) if args.output else int8_path(args.model)
+    output = Path(args.output or model_meta.int8_model_path(args.model))
     print("calibrating on %d images drawn like the training data" % args.calibration, flush=True)
     images = calibration_images(args.calibration, args.data_dir)
     quantize(args.model, output, images)
