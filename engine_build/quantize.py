@@ -27,6 +27,7 @@ import numpy as np
 from daemon import model_meta
 from daemon.preprocess import normalise_uint8
 from engine_build import mnist, run_main
+from engine_build.export_onnx import run_onnx
 
 log = logging.getLogger(__name__)
 
@@ -134,20 +135,6 @@ def _drop_unused_domains(path):
     onnx.save(model, str(path))
 
 
-def probabilities(path, images):
-    """Softmax rows of ``path`` in ONNX Runtime (one thread) for uint8 [N,28,28] images."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    batch = normalise_uint8(images).reshape(len(images), 1, images.shape[1], images.shape[2])
-    return np.concatenate(
-        [session.run(None, {name: batch[i : i + 1000]})[0] for i in range(0, len(batch), 1000)]
-    )
-
-
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description="Quantise an ONNX digit model to int8 for the CPU.")
     parser.add_argument("--model", default="models/digits.onnx", help="float32 ONNX model (with sidecar)")
@@ -173,8 +160,9 @@ def main(args):
     images = calibration_images(args.calibration, args.data_dir)
     quantize(args.model, output, images)
     test_images, test_labels = mnist.load_split("test", args.data_dir)
-    float_probs = probabilities(args.model, test_images)
-    int8_probs = probabilities(output, test_images)
+    test_x = normalise_uint8(test_images)
+    float_probs = run_onnx(args.model, test_x)
+    int8_probs = run_onnx(output, test_x)
     float_accuracy = float(np.mean(np.argmax(float_probs[:, :10], 1) == test_labels))
     int8_accuracy = float(np.mean(np.argmax(int8_probs[:, :10], 1) == test_labels))
     changed = int(np.sum(np.argmax(float_probs, 1) != np.argmax(int8_probs, 1)))
