@@ -499,6 +499,9 @@ def _split_at(box, cuts):
 
 GRID_WORK_SIZE = 800  # the grid is searched for in a copy whose longer side is at most this
 GRID_MIN_AREA = 0.04  # smallest grid, as a share of the searched image
+# ink-mask offsets the grid is searched with, in turn while none is found: 6 for most photos;
+# a blurred or dim one has thin lines only a lower offset keeps
+GRID_SEARCH_OFFSETS = (6, 3)
 GRID_MIN_SCORE = 0.45  # line coverage less cell fill below which a quadrilateral is no grid
 # Refined corners replace the found ones only when the score rises this much: a small gain
 # is the score's own noise, and the outline of a clean grid is already as good as it gets.
@@ -711,7 +714,8 @@ class GridRoi(object):
         self.region = region
         self.locate = locate
         self.cell_px = cell_px
-        # (searched image shape, corners there, score when found, thumbnail of the frame)
+        # (searched image shape, corners there, score when found, thumbnail of the frame,
+        # ink-mask offset it was found with)
         self._tracked = None
         self._searched = False  # whether the last find_grid looked at the frame (no still camera)
         self._correction = None  # the flat grid registered to its lines (_registration_to_lines)
@@ -734,12 +738,30 @@ class GridRoi(object):
         self._searched = True  # searched, or checked again: extract_grid registers it to its lines
         # INTER_AREA: bilinear here loses thin grid lines (one real photo's grid not found)
         work = cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else gray
-        mask = _ink_mask(work, block_fraction=0.04, offset=6)
-        if tracked is not None and tracked[0] == mask.shape:
-            if self._grid_score(mask, tracked[1]) >= max(GRID_MIN_SCORE, tracked[2] - GRID_TRACK_DROP):
-                self._tracked = tracked[:3] + (thumbnail,)
+        if tracked is not None:
+            # checked with the threshold it was found with
+            mask = _ink_mask(work, block_fraction=0.04, offset=tracked[4])
+            if tracked[0] == mask.shape and self._grid_score(mask, tracked[1]) >= max(
+                GRID_MIN_SCORE, tracked[2] - GRID_TRACK_DROP
+            ):
+                self._tracked = tracked[:3] + (thumbnail, tracked[4])
                 return (tracked[1] / scale).astype(np.float32)
-        min_area = GRID_MIN_AREA * work.shape[0] * work.shape[1]
+        # a blurred or dim photo: its thin inner lines fall under the first threshold
+        for offset in GRID_SEARCH_OFFSETS:
+            mask = _ink_mask(work, block_fraction=0.04, offset=offset)
+            best, best_score = self._search(mask)
+            if best is not None:
+                break
+        if best is None:
+            self._tracked = None
+            return None
+        self._tracked = (mask.shape, best, best_score, thumbnail, offset)
+        return (best / scale).astype(np.float32)
+
+    def _search(self, mask):
+        """(corners, score) of the best grid among the candidates of an ink mask, refined, or
+        (None, GRID_MIN_SCORE) when none scores as a grid."""
+        min_area = GRID_MIN_AREA * mask.shape[0] * mask.shape[1]
         candidates = []
         lines = _long_lines(mask)
         for source in (mask, lines):
@@ -759,13 +781,11 @@ class GridRoi(object):
             if quad_score > best_score:
                 best, best_score = quad, quad_score
         if best is None:
-            self._tracked = None
-            return None
+            return None, best_score
         refined, refined_score = self._refine(mask, best, best_score)
         if refined_score > best_score + GRID_REFINE_GAIN:
             best, best_score = refined, refined_score
-        self._tracked = (mask.shape, best, best_score, thumbnail)
-        return (best / scale).astype(np.float32)
+        return best, best_score
 
     def _refine(self, mask, quad, quad_score):
         """Move the corners one at a time while the grid score improves (coarse to fine):

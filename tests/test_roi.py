@@ -218,3 +218,21 @@ def test_cells_are_registered_to_the_grid_lines_when_a_corner_is_found_a_few_pix
             wrong["corners off, not registered"] += cells_wrong(CornerOff(offsets))
     assert wrong["corners off, registered"] <= wrong["corners right"] + 1, wrong
     assert wrong["corners off, not registered"] >= wrong["corners right"] + 8, wrong
+
+
+def test_a_faint_blurred_grid_is_found_with_a_lower_threshold_when_the_first_finds_none(
+    mnist_test, monkeypatch
+):
+    """A dim, defocused photo: the thin inner lines fall under the first ink threshold."""
+    for seed in range(3):
+        image, _ = synthetic.sudoku_image(np.random.default_rng(seed), *mnist_test, ())
+        gray = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+        _, sharp = roi.GridRoi().extract_grid(gray)
+        paper = float(np.median(gray))
+        faint = cv2.GaussianBlur(paper + (gray.astype(np.float32) - paper) * 0.3, (0, 0), 2.0)
+        faint = np.clip(faint + np.random.default_rng(1).normal(0, 1.0, faint.shape), 0, 255).astype(np.uint8)
+        _, found = roi.GridRoi().extract_grid(faint)
+        assert found is not None and np.abs(np.subtract(found, sharp)).max() < 12, (seed, sharp, found)
+        with monkeypatch.context() as patch:
+            patch.setattr(roi, "GRID_SEARCH_OFFSETS", roi.GRID_SEARCH_OFFSETS[:1])
+            assert roi.GridRoi().extract_grid(faint)[1] is None  # the first threshold alone misses it
