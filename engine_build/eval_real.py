@@ -4,6 +4,8 @@
     python -m engine_build.eval_real --data DIR --limit 40 --failures docs/failures/real
 
 Each photo goes through ``daemon.predict`` exactly as ``predict --roi grid`` reads it.
+``--blur``, ``--scale`` and ``--jpeg`` read harder copies of the same photos (defocused,
+smaller, more compressed): how far the reading holds beyond the photos it was tuned on.
 Prints grids located (the found outer frame against ``outlines.csv``), grids read
 exactly, cells right, digits right and empty cells right; writes ``real.json`` and the
 worst failures as images (wrong cells in red, "read/true") into ``--failures``.
@@ -198,11 +200,64 @@ def write_failures(out_dir, photos, results, scores, count, image_format="jpg"):
     return written
 
 
-def evaluate(photos, reader, progress=None):
-    """(results, scores) for every photo, read as ``predict --roi grid``."""
+class Degradation(object):
+    """A harder copy of a photo: Gaussian blur of ``blur`` pixels (sigma), resized by
+    ``scale``, then saved as a JPEG of ``quality`` (None: none of these)."""
+
+    def __init__(self, blur=0.0, scale=1.0, quality=None):
+        if blur < 0 or not 0 < scale <= 1 or (quality is not None and not 1 <= quality <= 100):
+            raise ValueError(
+                "want blur >= 0, 0 < scale <= 1 and JPEG quality 1-100, got %s, %s, %s"
+                % (blur, scale, quality)
+            )
+        self.blur, self.scale, self.quality = blur, scale, quality
+
+    def __bool__(self):
+        return bool(self.blur or self.scale != 1.0 or self.quality is not None)
+
+    def describe(self):
+        parts = ["blur %.1f px" % self.blur] if self.blur else []
+        parts += ["scale %.2f" % self.scale] if self.scale != 1.0 else []
+        parts += ["JPEG quality %d" % self.quality] if self.quality is not None else []
+        return ", ".join(parts) or "as taken"
+
+    def apply(self, image):
+        if self.scale != 1.0:
+            image = cv2.resize(image, None, fx=self.scale, fy=self.scale, interpolation=cv2.INTER_AREA)
+        if self.blur:
+            image = cv2.GaussianBlur(image, (0, 0), self.blur)
+        if self.quality is not None:
+            ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, self.quality])
+            if not ok:
+                raise ValueError("JPEG encoding failed")
+            image = cv2.imdecode(encoded, cv2.IMREAD_UNCHANGED)
+        return image
+
+
+def read_degraded(reader, path, degradation):
+    """``predict.read_file`` of a harder copy: outline and boxes in the photo's own pixels."""
+    with open(str(path), "rb") as handle:
+        image = predict.decode_image(handle.read())
+    result = {"file": str(path)}
+    result.update(reader.read_still(degradation.apply(image), "grid"))
+    back = 1.0 / degradation.scale
+    if result.get("outline") is not None:
+        result["outline"] = [[x * back, y * back] for x, y in result["outline"]]
+    for digit in result.get("digits", []):
+        if digit.get("box") is not None:
+            digit["box"] = [v * back for v in digit["box"]]
+    return result
+
+
+def evaluate(photos, reader, progress=None, degradation=None):
+    """(results, scores) for every photo, read as ``predict --roi grid`` (a harder copy of
+    it with a ``Degradation``)."""
     results, scores = [], []
     for index, photo in enumerate(photos):
-        result = predict.read_file(reader, str(photo.path), "grid")
+        if degradation:
+            result = read_degraded(reader, photo.path, degradation)
+        else:
+            result = predict.read_file(reader, str(photo.path), "grid")
         results.append(result)
         scores.append(score(photo, result))
         if progress:
@@ -220,6 +275,9 @@ def parse_args(argv=None):
     parser.add_argument("--image-format", choices=("jpg", "png"), default="jpg", help="failure images")
     parser.add_argument("--out", default="docs/eval/real.json", help="per-photo results (JSON)")
     parser.add_argument("--quiet", action="store_true", help="no per-photo progress")
+    parser.add_argument("--blur", type=float, default=0.0, help="read copies blurred by this sigma (px)")
+    parser.add_argument("--scale", type=float, default=1.0, help="read copies resized by this factor")
+    parser.add_argument("--jpeg", type=int, default=None, help="read copies saved at this JPEG quality")
     return parser.parse_args(argv)
 
 
@@ -227,6 +285,7 @@ def main(args):
     from daemon import config as config_module
     from daemon.reader import Reader
 
+    degradation = Degradation(args.blur, args.scale, args.jpeg)
     photos = load_photos(args.data, args.limit)
     config = config_module.load(args.config) if args.config else config_module.defaults()
 
@@ -248,10 +307,12 @@ def main(args):
 
     started = time.perf_counter()
     with Reader.from_config(config) as reader:
-        results, scores = evaluate(photos, reader, progress)
+        results, scores = evaluate(photos, reader, progress, degradation)
     elapsed = time.perf_counter() - started
     summary = summarise(scores)
     summary["seconds"] = round(elapsed, 1)
+    summary["photos_as"] = degradation.describe()
+    print("photos read     %s" % degradation.describe())
     print(report(summary))
     print("%.1f s (%.0f ms per photo)" % (elapsed, 1000.0 * elapsed / max(len(photos), 1)))
     if args.out:
