@@ -74,6 +74,24 @@ def parse_args(argv=None):
         action="store_true",
         help="with --freeze-features: the last convolution block trains too",
     )
+    parser.add_argument(
+        "--distill-from",
+        default=None,
+        help="a model whose answers on the MNIST training images are kept as soft targets "
+        "(learning meter digits without forgetting handwriting)",
+    )
+    parser.add_argument(
+        "--distill-weight",
+        type=float,
+        default=0.5,
+        help="with --distill-from: share of the soft target (the rest is the label)",
+    )
+    parser.add_argument(
+        "--distill-temperature",
+        type=float,
+        default=2.0,
+        help="with --distill-from: softens the teacher's answers before they are kept",
+    )
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--init-from", default=None, help="start from this .keras model (fine-tuning)")
     parser.add_argument("--threads", type=int, default=0, help="TensorFlow threads (0 = all)")
@@ -84,7 +102,9 @@ class AugmentedSequence(object):
     """Builds a keras Sequence that re-augments the whole training set every epoch."""
 
     @staticmethod
-    def create(images, labels, batch_size, seed, augment):
+    def create(images, labels, batch_size, seed, augment, soft_targets=None):
+        """``soft_targets(images, order)``, when given, turns each epoch's augmented images
+        (the training set taken in ``order``) into the target rows the model learns."""
         import tensorflow as tf
 
         class _Sequence(tf.keras.utils.Sequence):
@@ -109,8 +129,30 @@ class AugmentedSequence(object):
                     batch = augment_batch(batch, self.rng, AugmentParams())
                 self.epoch_images = normalise_uint8(batch)
                 self.epoch_labels = labels[order]
+                if soft_targets is not None:
+                    self.epoch_labels = soft_targets(self.epoch_images, order)
 
         return _Sequence()
+
+
+def teacher_targets(teacher, labels, distilled, classes, weight, temperature):
+    """A function giving, for one epoch's images, one-hot label rows mixed with the teacher's
+    softened answers where ``distilled`` (indexed like ``labels``) is true."""
+
+    def targets(epoch_images, order):
+        rows = np.zeros((len(order), classes), np.float32)
+        rows[np.arange(len(order)), labels[order]] = 1.0
+        keep = distilled[order]
+        if np.any(keep):
+            answers = teacher.predict(epoch_images[keep], batch_size=1000, verbose=0)
+            softened = np.power(np.clip(answers, 1e-12, 1.0), 1.0 / temperature)
+            softened /= softened.sum(axis=1, keepdims=True)
+            mixed = np.zeros((len(softened), classes), np.float32)
+            mixed[:, : softened.shape[1]] = softened
+            rows[keep] = (1.0 - weight) * rows[keep] + weight * mixed
+        return rows
+
+    return targets
 
 
 def save_curves(history, path):
@@ -156,6 +198,7 @@ def main(args):
     if args.mnist_repeat > 1:
         fit_images = np.concatenate([fit_images] * args.mnist_repeat)
         fit_labels = np.concatenate([fit_labels] * args.mnist_repeat)
+    mnist_count = len(fit_images)
     font_files = []
     if args.font_variants:
         from engine_build import fonts
@@ -217,16 +260,30 @@ def main(args):
     schedule = tf.keras.optimizers.schedules.CosineDecay(
         0.0, steps, alpha=0.01, warmup_target=args.learning_rate, warmup_steps=max(1, steps // 15)
     )
+    soft_targets = None
+    loss = "sparse_categorical_crossentropy"
+    if args.distill_from:
+        teacher = tf.keras.models.load_model(args.distill_from, compile=False)
+        soft_targets = teacher_targets(
+            teacher,
+            fit_labels,
+            np.arange(len(fit_images)) < mnist_count,
+            classes,
+            args.distill_weight,
+            args.distill_temperature,
+        )
+        loss = "categorical_crossentropy"
+        val_y = np.eye(classes, dtype=np.float32)[val_y]
     model.compile(
         optimizer=tf.keras.optimizers.Adam(schedule),
-        loss="sparse_categorical_crossentropy",
+        loss=loss,
         metrics=["accuracy"],
     )
     parameters = int(model.count_params())
     flops = models.flops_per_image(model)
     print("%s: %d parameters, %.2f MFLOPs per image" % (args.arch, parameters, flops / 1e6))
     sequence = AugmentedSequence.create(
-        fit_images, fit_labels, args.batch_size, args.seed, not args.no_augment
+        fit_images, fit_labels, args.batch_size, args.seed, not args.no_augment, soft_targets
     )
     callbacks = [
         tf.keras.callbacks.EarlyStopping(
@@ -272,6 +329,9 @@ def main(args):
         "freeze_features": args.freeze_features,
         "seed": args.seed,
         "initialised_from": args.init_from,
+        "distilled_from": args.distill_from,
+        "distill_weight": args.distill_weight if args.distill_from else None,
+        "distill_temperature": args.distill_temperature if args.distill_from else None,
         "batch_size": args.batch_size,
         "wall_time_s": round(wall_time, 1),
         "tensorflow": tf.__version__,

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from engine_build import train
@@ -56,3 +57,38 @@ def test_baseline_architectures_build_with_the_documented_layers():
     assert convs == [64, 32, 32] and dense == [64, 32, 10]
     mlp = models.build("mlp")
     assert [layer.units for layer in mlp.layers if layer.__class__.__name__ == "Dense"] == [128, 128, 10]
+
+
+class _FixedTeacher(object):
+    """A stand-in for a Keras model: the same answer for every image (11 classes)."""
+
+    def __init__(self, answer):
+        self.answer = np.asarray(answer, np.float32)
+        self.seen = 0
+
+    def predict(self, images, batch_size=None, verbose=0):
+        self.seen += len(images)
+        return np.tile(self.answer, (len(images), 1))
+
+
+def test_distillation_keeps_the_teachers_answers_on_handwriting_only():
+    answer = np.full(11, 0.01, np.float32)
+    answer[3] = 0.9
+    teacher = _FixedTeacher(answer)
+    labels = np.array([3, 5, 11, 2])
+    distilled = np.array([True, True, False, False])  # two MNIST images, then a meter digit and a print
+    targets = train.teacher_targets(teacher, labels, distilled, 12, weight=0.5, temperature=1.0)
+    order = np.array([2, 0, 3, 1])
+    rows = targets(np.zeros((4, 28, 28, 1), np.float32), order)
+    assert teacher.seen == 2  # only the handwriting is shown to the teacher
+    assert np.allclose(rows.sum(axis=1), 1.0)
+    # the meter digit and the printed digit keep their one-hot labels
+    assert rows[0, 11] == 1.0 and rows[2, 2] == 1.0 and np.count_nonzero(rows[[0, 2]]) == 2
+    # an MNIST 3 the teacher calls a 3: mostly 3, never "in transition" (the teacher has no such class)
+    assert rows[1, 3] == pytest.approx(0.5 + 0.5 * 0.9) and rows[1, 11] == 0.0
+    # an MNIST 5 the teacher calls a 3: half its label, the rest the teacher's answer
+    assert rows[3, 5] == pytest.approx(0.5 + 0.5 * 0.01) and rows[3, 3] == pytest.approx(0.45)
+    softer = train.teacher_targets(teacher, labels, distilled, 12, weight=1.0, temperature=2.0)(
+        np.zeros((4, 28, 28, 1), np.float32), order
+    )
+    assert softer[1, 3] < 0.9  # a temperature above 1 softens the teacher's answer
