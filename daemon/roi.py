@@ -718,6 +718,7 @@ class GridRoi(object):
         # ink-mask offset it was found with)
         self._tracked = None
         self._searched = False  # whether the last find_grid looked at the frame (no still camera)
+        self._no_grid = None  # thumbnail of the last frame searched in vain
         self._correction = None  # the flat grid registered to its lines (_registration_to_lines)
 
     def find_grid(self, gray):
@@ -735,6 +736,8 @@ class GridRoi(object):
         self._searched = False
         if tracked is not None and _unchanged(tracked[3], thumbnail):
             return (tracked[1] / scale).astype(np.float32)  # a still camera: nothing moved
+        if tracked is None and _unchanged(self._no_grid, thumbnail):
+            return None  # a still camera that shows no grid: no search until the scene changes
         self._searched = True  # searched, or checked again: extract_grid registers it to its lines
         # INTER_AREA: bilinear here loses thin grid lines (one real photo's grid not found)
         work = cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else gray
@@ -753,9 +756,9 @@ class GridRoi(object):
             if best is not None:
                 break
         if best is None:
-            self._tracked = None
+            self._tracked, self._no_grid = None, thumbnail
             return None
-        self._tracked = (mask.shape, best, best_score, thumbnail, offset)
+        self._tracked, self._no_grid = (mask.shape, best, best_score, thumbnail, offset), None
         return (best / scale).astype(np.float32)
 
     def _search(self, mask):

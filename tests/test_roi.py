@@ -236,3 +236,20 @@ def test_a_faint_blurred_grid_is_found_with_a_lower_threshold_when_the_first_fin
         with monkeypatch.context() as patch:
             patch.setattr(roi, "GRID_SEARCH_OFFSETS", roi.GRID_SEARCH_OFFSETS[:1])
             assert roi.GridRoi().extract_grid(faint)[1] is None  # the first threshold alone misses it
+
+
+def test_a_still_camera_without_a_grid_is_not_searched_again_until_the_scene_changes(mnist_test, monkeypatch):
+    rng = np.random.default_rng(11)
+    grid_image, _ = synthetic.sudoku_image(rng, *mnist_test, ())
+    blank = np.full(grid_image.shape, 200, np.uint8)
+    searches = []
+    search = roi.GridRoi._search
+    monkeypatch.setattr(roi.GridRoi, "_search", lambda self, mask: searches.append(1) or search(self, mask))
+    extractor = roi.GridRoi()
+    noise = np.random.default_rng(2)
+    for _ in range(5):
+        frame = np.clip(blank + noise.normal(0, 2.0, blank.shape), 0, 255).astype(np.uint8)
+        assert extractor.extract_grid(frame)[1] is None
+    assert len(searches) == len(roi.GRID_SEARCH_OFFSETS)  # the first frame only, at each threshold
+    # the sheet is put in front of the camera: searched and found at once
+    assert extractor.extract_grid(grid_image)[1] is not None
