@@ -150,8 +150,11 @@ def field_docs(schema=config_module.SCHEMA, path=""):
 # -- GET /api/config ----------------------------------------------------------------------------
 def get_config(web, request):
     """The config file's settings as JSON (secrets masked), what still waits for a restart,
-    whether a token is needed to save, and the editable fields' documentation."""
+    whether a token is needed to save, and the editable fields' documentation. With several
+    cameras ``sources`` lists their ids, ``source`` is the one asked for (``?source=<id>``,
+    default the first) and ``config.roi`` is that camera's ROI settings."""
     running = web.pipeline.config
+    source_id = source_asked(web, request)
     body = {
         "file": web.config_path,
         "token_required": bool(web.settings.token),
@@ -169,6 +172,13 @@ def get_config(web, request):
             body["restart_pending"] = config_module.live_changes(running, on_disk)[1]
     else:
         body["config"] = config_module.masked_dict(running)
+    body["sources"] = [i for i in web.pipeline.source_ids() if i is not None]
+    body["source"] = source_id
+    if source_id is not None:
+        roi = _source_roi(body["config"], source_id)
+        if roi is None:  # the file on disk no longer has that camera: the running one's
+            roi = _source_roi(config_module.masked_dict(running), source_id)
+        body["config"]["roi"] = roi
     return body
 
 
@@ -240,8 +250,9 @@ def put_config(web, request):
     check_origin(request)
     check_token(web, request)
     _config_path(web)
+    source_id = source_asked(web, request)
     body = read_json_body(web, request)
-    return _save_and_apply(web, lambda plain: body)
+    return _save_and_apply(web, _body_for_camera(source_id, body))
 
 
 def _config_path(web):
@@ -305,20 +316,22 @@ def reference_path(config_path, source_id):
     return os.path.join(folder, "reference-%s.png" % (source_id or "default"))
 
 
-def _reference_body(source_id, reference):
-    """The change that names ``reference`` as the camera's ``roi.align.reference``: under
-    ``roi``, or in its entry of ``sources`` (that list is written whole, the rest as it is)."""
+def _body_for_camera(source_id, body):
+    """A request body whose ``roi`` is camera ``source_id``'s: under ``roi`` with the single
+    source/roi form, else merged into that camera's entry of ``sources`` (the list is written
+    whole, the rest as it is); the other sections stay where they are."""
 
     def body_for(plain):
-        if source_id is None:
-            return {"roi": {"align": {"reference": reference}}}
+        if source_id is None or "roi" not in body:
+            return body
         items = copy.deepcopy(plain.get("sources") or [])
         for item in items:
             if isinstance(item, dict) and item.get("id") == source_id:
-                roi = item["roi"] = item.get("roi") if isinstance(item.get("roi"), dict) else {}
-                align = roi["align"] = roi.get("align") if isinstance(roi.get("align"), dict) else {}
-                align["reference"] = reference
-                return {"sources": items}
+                roi = item.get("roi") if isinstance(item.get("roi"), dict) else {}
+                item["roi"] = _merge(roi, copy.deepcopy(body["roi"]))
+                merged = dict((key, value) for key, value in body.items() if key != "roi")
+                merged["sources"] = items
+                return merged
         raise Refused(409, "the config file has no source %r (any more); nothing saved" % source_id)
 
     return body_for
@@ -334,17 +347,12 @@ def post_reference(web, request):
     path = _config_path(web)
     if request.headers.get("Content-Length"):
         read_body(web, request)  # nothing is read from it; within the limit, then ignored
-    source_id = query_value(request, "source")
-    try:
-        view = web.pipeline.latest_view(source_id)
-    except KeyError as exc:
-        raise Refused(404, exc.args[0]) from exc
+    source_id = source_asked(web, request)
+    view = web.pipeline.latest_view(source_id)
     if view is None:
         raise Refused(
             409, "no frame has been captured yet: nothing to save as the reference", {"Retry-After": "1"}
         )
-    if source_id is None:
-        source_id = web.pipeline.source_ids()[0]
     image = view.frame.image
     ok, png = cv2.imencode(".png", image)
     if not ok:
@@ -359,7 +367,8 @@ def post_reference(web, request):
             500, "cannot write the reference frame %s (%s); nothing changed" % (target, exc.strerror or exc)
         ) from exc
     try:
-        answer = _save_and_apply(web, _reference_body(source_id, target), reload_anyway=True)
+        change = {"roi": {"align": {"reference": target}}}
+        answer = _save_and_apply(web, _body_for_camera(source_id, change), reload_anyway=True)
     except Refused:
         if not existed:
             _remove_quietly(target)
@@ -382,6 +391,30 @@ def query_value(request, name, default=None):
     the HTTP handlers and the setup API read ``?source=``, ``?raw=``, ``?roi=`` with it."""
     values = [v for k, v in parse_qsl(urlsplit(request.path).query) if k == name]
     return values[0] if values else default
+
+
+def source_asked(web, request):
+    """The camera whose ROIs a setup request is about: ``?source=<id>``, the first camera by
+    default, or None with the single source/roi form (404 for a camera there is not)."""
+    ids = web.pipeline.source_ids()
+    source_id = query_value(request, "source")
+    if ids == [None]:
+        if source_id is not None:
+            raise Refused(404, "no source %r: the config has one camera (source and roi)" % source_id)
+        return None
+    if source_id is None:
+        return ids[0]
+    if source_id not in ids:
+        raise Refused(404, "no source %r (sources: %s)" % (source_id, ", ".join(ids)))
+    return source_id
+
+
+def _source_roi(config_dict, source_id):
+    """The ``roi`` of camera ``source_id`` in a config as a dict, or None when it has none."""
+    for item in config_dict.get("sources") or []:
+        if isinstance(item, dict) and item.get("id") == source_id:
+            return item.get("roi")
+    return None
 
 
 # -- GET/POST /api/preview ----------------------------------------------------------------------
@@ -425,8 +458,9 @@ def _image_data_url(image, side=CROP_PREVIEW_SIDE):
     return "data:image/jpeg;base64," + base64.b64encode(data.tobytes()).decode("ascii")
 
 
-def preview_settings(web, overrides):
-    """The running ROI/preprocess/postprocess settings with ``overrides`` applied, validated."""
+def preview_settings(web, overrides, source_id=None):
+    """The running ROI/preprocess/postprocess settings with ``overrides`` applied, validated;
+    the ROI settings are camera ``source_id``'s when there are several."""
     unknown = sorted(set(overrides) - set(PREVIEW_SECTIONS))
     if unknown:
         raise Refused(
@@ -434,6 +468,9 @@ def preview_settings(web, overrides):
         )
     running = web.pipeline.config
     data = {section: getattr(running, section).as_dict() for section in PREVIEW_SECTIONS}
+    for camera_id, _, roi in config_module.inputs(running):
+        if source_id is not None and camera_id == source_id:
+            data["roi"] = roi.as_dict()
     _merge(data, overrides)
     data["source"] = {"type": "images", "path": "."}
     try:
@@ -442,13 +479,14 @@ def preview_settings(web, overrides):
         raise Refused(400, "%d error(s) in the settings" % len(exc.errors), errors=exc.errors) from exc
 
 
-def preview(web, overrides, with_frame=False):
-    """Read the newest frame with the given settings (nothing saved or applied); ``with_frame``
-    adds that frame as a JPEG data URL, so a page shows the very picture the crops came from."""
+def preview(web, overrides, with_frame=False, source_id=None):
+    """Read camera ``source_id``'s newest frame (default the first camera's) with the given
+    settings (nothing saved or applied); ``with_frame`` adds that frame as a JPEG data URL, so
+    a page shows the very picture the crops came from."""
     from daemon.reader import Reader
 
-    settings = preview_settings(web, overrides)
-    view = web.pipeline.latest_view()
+    settings = preview_settings(web, overrides, source_id)
+    view = web.pipeline.latest_view(source_id)
     if view is None:
         raise Refused(503, "no frame yet", {"Retry-After": "1"})
     if not web.uploads.acquire(False):
@@ -496,15 +534,18 @@ def get_preview(web, request):
     """``GET /api/preview?preprocess.fixed_threshold=90&...``: the newest frame read with those
     settings (``frame=1``: with the frame's JPEG)."""
     query = [
-        (k, v) for k, v in parse_qsl(urlsplit(request.path).query, keep_blank_values=True) if k != "frame"
+        (k, v)
+        for k, v in parse_qsl(urlsplit(request.path).query, keep_blank_values=True)
+        if k not in ("frame", "source")
     ]
-    return preview(web, _query_overrides(query), _wants_frame(request))
+    return preview(web, _query_overrides(query), _wants_frame(request), source_asked(web, request))
 
 
 def post_preview(web, request):
     """``POST /api/preview`` with ``{"roi": {...}, "preprocess": {...}}``: as GET, settings in JSON."""
     check_origin(request)
-    return preview(web, read_json_body(web, request), _wants_frame(request))
+    source_id = source_asked(web, request)
+    return preview(web, read_json_body(web, request), _wants_frame(request), source_id)
 
 
 def _wants_frame(request):

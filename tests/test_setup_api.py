@@ -452,3 +452,68 @@ def test_with_several_cameras_the_reference_is_saved_for_the_camera_asked_for(se
     )
     assert moved["number"] == "27068"
     assert call(web, "POST", "/api/reference?source=oil", {}, token=TOKEN)[0] == 404
+
+
+TWO_DESKS = """\
+device_id: desk-02
+backend:
+  type: onnxruntime
+  onnx_model: {model}
+sources:
+  - id: left   # the camera on the left
+    type: images
+    path: .
+    roi:
+      mode: boxes
+      boxes:
+        - {{id: a, x: 100, y: 140, w: 200, h: 200}}
+  - id: right
+    type: images
+    path: .
+    roi:
+      mode: center
+preprocess:
+  threshold: otsu
+http:
+  enabled: true
+  port: 0
+  token: {token}
+mqtt:
+  enabled: false
+"""
+
+
+def test_with_several_cameras_the_setup_api_shows_previews_and_saves_the_roi_of_the_camera_asked_for(serve):
+    web, pipeline, publisher, path, labels = serve(text=TWO_DESKS)
+    status, _, body = call(web, "GET", "/api/config")
+    assert status == 200 and body["sources"] == ["left", "right"] and body["source"] == "left"
+    assert body["config"]["roi"]["mode"] == "boxes" and body["config"]["roi"]["boxes"][0]["id"] == "a"
+    body = call(web, "GET", "/api/config?source=right")[2]
+    assert body["source"] == "right" and body["config"]["roi"]["mode"] == "center"
+    status, _, answer = call(web, "GET", "/api/config?source=oil")
+    assert status == 404 and "left, right" in answer["error"]
+    # a preview reads that camera's frame with that camera's ROIs, or the ones given
+    assert [r["id"] for r in call(web, "GET", "/api/preview?source=right")[2]["rois"]] == ["center"]
+    right_box = {"mode": "boxes", "boxes": boxes_payload(("b", 340, 140, 200, 200))}
+    status, _, result = call(web, "POST", "/api/preview?source=right", {"roi": right_box})
+    assert status == 200 and [(r["id"], r["digit"]) for r in result["rois"]] == [("b", labels[1])]
+    before = path.read_text()
+    change = {"roi": right_box, "preprocess": {"blur_kernel": 3}}
+    status, _, answer = call(web, "PUT", "/api/config?source=right", change, token=TOKEN)
+    assert status == 200, answer
+    assert answer["needs_restart"] == [] and any(
+        k.startswith("sources[1].roi") for k in answer["applied_live"]
+    )
+    on_disk = yaml.safe_load(path.read_text())
+    left, right = on_disk["sources"]
+    assert right["roi"]["mode"] == "boxes" and right["roi"]["boxes"][0]["id"] == "b"
+    assert left == yaml.safe_load(before)["sources"][0]  # the other camera is as it was
+    assert on_disk["preprocess"]["blur_kernel"] == 3 and "roi" not in on_disk  # shared sections stay shared
+    assert "- id: left   # the camera on the left" in path.read_text()
+    latest = next_prediction(publisher, lambda p: p["rois"][0]["id"] == "b", topic="right/prediction")
+    assert latest["rois"][0]["digit"] == labels[1]
+    assert call(web, "GET", "/api/config?source=right")[2]["config"]["roi"]["boxes"][0]["id"] == "b"
+    # one camera, no sources: naming one is an error, not a silent save elsewhere
+    single = serve()[0]
+    status, _, answer = call(single, "PUT", "/api/config?source=right", change, token=TOKEN)
+    assert status == 404 and "one camera" in answer["error"]

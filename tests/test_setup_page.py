@@ -343,3 +343,84 @@ def test_use_this_frame_as_the_reference_pick_a_box_style_save_and_turn_alignmen
         assert yaml.safe_load(config_path.read_text())["roi"]["align"]["reference"] == ""
     finally:
         assert stop(process) == 0
+
+
+def test_with_two_cameras_the_page_sets_up_the_camera_picked_and_saves_into_its_entry(
+    tmp_path, mnist_test, broker, subscriber_factory, chromium
+):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    desk, _, _ = two_digit_frame(mnist_test, 3, 7)
+    shelf, shelf_labels, shelf_boxes = two_digit_frame(mnist_test, 1, 5)
+    port = free_port()
+    cameras = []
+    for name, image in (("desk", desk), ("shelf", shelf)):
+        video = still_video(tmp_path / (name + ".avi"), image)
+        cameras.append(
+            {
+                "id": name,
+                "type": "file",
+                "path": str(video),
+                "loop": True,
+                "realtime": True,
+                "roi": {"mode": "center"},
+            }
+        )
+    config_path = write_config(
+        tmp_path / "config.yaml",
+        sources=cameras,
+        backend={"type": "onnxruntime"},
+        http={"port": port, "token": "${DIGITD_TEST_HTTP_TOKEN}"},
+        mqtt={"host": "127.0.0.1", "port": broker.port},
+    )
+    subscriber = subscriber_factory(broker.port, "digitd/test-01/shelf/prediction")
+    process = run_daemon(config_path, env=dict(os.environ, DIGITD_TEST_HTTP_TOKEN=TOKEN))
+    try:
+        open_setup_page(chromium, process, port, "preprocess-threshold")
+        chromium.find_element(By.ID, "token").send_keys(TOKEN)
+        picker = Select(until(chromium, lambda: chromium.find_elements(By.ID, "camera"))[0])
+        assert chromium.find_element(By.ID, "camerabar").is_displayed()
+        assert [o.text for o in picker.options] == [
+            "desk",
+            "shelf",
+        ] and picker.first_selected_option.text == "desk"
+        picker.select_by_value("shelf")
+        until(chromium, lambda: chromium.execute_script("return source") == "shelf")
+        until(
+            chromium,
+            lambda: "source=shelf" in chromium.find_element(By.ID, "streamlink").get_attribute("href"),
+        )
+
+        # the shelf camera's frame: a box around its right-hand digit reads that digit
+        Select(chromium.find_element(By.ID, "roi-mode")).select_by_value("boxes")
+        x, y, w, h = shelf_boxes[1]
+        drag_on_frame(chromium, (x + 5, y + 5), (x + w - 5, y + h - 5))
+        box_id = until(chromium, lambda: chromium.find_elements(By.ID, "box-0-id"))[0].get_attribute("value")
+        read = "const r = document.querySelector('.tile[data-roi=\"' + arguments[0] + '\"] .reading');" + (
+            "return r ? r.textContent : null;"
+        )
+        until(chromium, lambda: chromium.execute_script(read, box_id) == str(shelf_labels[1]))
+        text = save(chromium)
+        assert text.startswith("Saved") and "sources[1].roi" in text, text
+
+        desk_entry, shelf_entry = yaml.safe_load(config_path.read_text())["sources"]
+        assert desk_entry["roi"] == {"mode": "center"}  # the other camera as it was
+        assert shelf_entry["roi"]["mode"] == "boxes" and [b["id"] for b in shelf_entry["roi"]["boxes"]] == [
+            box_id
+        ]
+        deadline = time.monotonic() + 15
+        newest = None
+        while newest is None and time.monotonic() < deadline:
+            newest = next(
+                (p for p in subscriber.payloads("prediction") if p["rois"][0]["id"] == box_id), None
+            )
+            time.sleep(0.1)
+        assert newest is not None and newest["rois"][0]["digit"] == shelf_labels[1], newest
+
+        # back to the desk camera: its own settings, untouched
+        picker.select_by_value("desk")
+        until(chromium, lambda: chromium.execute_script("return source") == "desk")
+        until(chromium, lambda: chromium.execute_script("return settings.roi.mode") == "center")
+    finally:
+        assert stop(process) == 0
