@@ -406,6 +406,15 @@ SCHEMA = Schema(
                     maximum=1.0,
                     live=True,
                 ),
+                "second_look_below": Field(
+                    float,
+                    0.9,
+                    "a crop the model is less sure of than this is read again shifted a pixel each way, "
+                    "thinned and thickened, and the answers averaged (0 = never)",
+                    minimum=0.0,
+                    maximum=1.0,
+                    live=True,
+                ),
                 "smoothing_frames": Field(
                     int, 5, "majority vote over the last N frames per ROI", minimum=1, maximum=1000, live=True
                 ),

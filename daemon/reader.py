@@ -24,6 +24,24 @@ MAX_STILL_SIDE = 2000
 UPRIGHT_MARGIN = 0.05
 
 
+def second_look(backend, tensors, rows, below):
+    """``rows`` (the backend's answers for ``tensors``) with every row whose likeliest class
+    is under ``below`` replaced by the mean of its answer and the answers for six small
+    variations of its tensor (``preprocess.tensor_variants``), all asked in one call. A
+    digit worn by blur or JPEG reads steadier; a sure crop costs nothing more."""
+    rows = np.asarray(rows)
+    if not below or not len(rows):
+        return rows
+    unsure = np.flatnonzero(rows.max(axis=1) < below)
+    if not len(unsure):
+        return rows
+    answers = np.asarray(backend.infer_all(preprocess.tensor_variants(np.asarray(tensors)[unsure])))
+    answers = answers.reshape(-1, len(unsure), rows.shape[1])
+    rows = rows.copy()
+    rows[unsure] = (rows[unsure] + answers.sum(axis=0)) / (len(answers) + 1.0)
+    return rows
+
+
 class PreparedImage(object):
     """An image's ROIs and their prepared crops (``outline``: the grid's corners, if found;
     ``roi_image``: the picture the ROIs are in, the frame registered to the reference when
@@ -46,10 +64,13 @@ class Reader(object):
     ``lock`` (when given) is held around every backend call only, so a shared backend (the
     camera's, used by uploads too) is never busy while an image is decoded or preprocessed."""
 
-    def __init__(self, roi_settings, preprocess_params, min_confidence, backend=None, lock=None):
+    def __init__(
+        self, roi_settings, preprocess_params, min_confidence, backend=None, lock=None, second_look_below=0.0
+    ):
         self.roi_settings = roi_settings
         self.params = preprocess_params
         self.min_confidence = min_confidence
+        self.second_look_below = second_look_below
         self.backend = backend
         self.lock = lock if lock is not None else threading.Lock()
         self._params_by_polarity = {}
@@ -68,6 +89,7 @@ class Reader(object):
             config.postprocess.min_confidence,
             backend,
             lock,
+            config.postprocess.second_look_below,
         )
 
     def with_settings(self, config, roi_settings=None):
@@ -138,8 +160,10 @@ class Reader(object):
         tensors = [p.tensor for p in prepared if not p.empty]
         if not tensors:
             return [None] * len(prepared)
+        tensors = np.stack(tensors)
         with self.lock:
-            rows = iter(self.backend.infer_all(np.stack(tensors)))
+            rows = second_look(self.backend, tensors, self.backend.infer_all(tensors), self.second_look_below)
+        rows = iter(rows)
         return [None if p.empty else next(rows) for p in prepared]
 
     def readings(self, image, probabilities):

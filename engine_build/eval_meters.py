@@ -4,8 +4,9 @@ between two digits are reported as such.
     python -m engine_build.eval_meters                # the shipped ONNX model, 4000 crops
 
 The crops come from ``engine_build.meter_digits`` with the held-out typefaces (FreeFont) and
-a seed training never uses; they go through the daemon's own Reader (preprocess, backend,
-postprocess), each crop as one whole box with its polarity set, as a meter's boxes are.
+a seed training never uses; they go through the daemon's own stages (preprocess, backend with
+the Reader's second look at unsure crops, postprocess), each crop as one whole box with its
+polarity set, as a meter's boxes are.
 """
 
 import argparse
@@ -16,15 +17,20 @@ import numpy as np
 
 from daemon import config, postprocess, preprocess
 from daemon.model_meta import TRANSITION_CLASS
+from daemon.reader import second_look
 from engine_build import meter_digits
 
 HELD_OUT_SEED = 20240613  # training uses --seed (1234 by default) and never this one
 
 
-def measure(backend, count=4000, seed=HELD_OUT_SEED, min_confidence=None):
-    """Figures for ``count`` held-out crops read with ``backend`` (a daemon backend)."""
+def measure(backend, count=4000, seed=HELD_OUT_SEED, min_confidence=None, second_look_below=None):
+    """Figures for ``count`` held-out crops read with ``backend`` (a daemon backend) and the
+    postprocess settings given (default the daemon's)."""
+    defaults = config.defaults().postprocess
     if min_confidence is None:
-        min_confidence = config.defaults().postprocess.min_confidence
+        min_confidence = defaults.min_confidence
+    if second_look_below is None:
+        second_look_below = defaults.second_look_below
     rng = np.random.default_rng(seed)
     crops, labels, brights = meter_digits.render_crops(count, rng, held_out=True)
     tensors, kept = [], []
@@ -38,7 +44,10 @@ def measure(backend, count=4000, seed=HELD_OUT_SEED, min_confidence=None):
             continue
         tensors.append(prepared.tensor)
         kept.append((label, len(tensors) - 1))
-    rows = backend.infer_all(np.stack(tensors)) if tensors else []
+    rows = []
+    if tensors:
+        tensors = np.stack(tensors)
+        rows = second_look(backend, tensors, backend.infer_all(tensors), second_look_below)
     digits_right = digits_total = transitions_flagged = transitions_total = 0
     transitions_as_digit = 0
     confusions = {}
@@ -78,11 +87,18 @@ def main(argv=None):
     parser.add_argument("--model", default="models/digits.onnx")
     parser.add_argument("--count", type=int, default=4000)
     parser.add_argument("--seed", type=int, default=HELD_OUT_SEED)
+    precision = config.SCHEMA.fields["backend"].fields["onnx_precision"]
     parser.add_argument(
         "--precision",
-        choices=("int8", "fp32"),
-        default="int8",
-        help="backend.onnx_precision (the daemon's: int8)",
+        choices=precision.choices,
+        default=precision.default,
+        help="backend.onnx_precision (default the daemon's)",
+    )
+    parser.add_argument(
+        "--second-look-below",
+        type=float,
+        default=None,
+        help="postprocess.second_look_below (default the daemon's; 0 = off)",
     )
     args = parser.parse_args(argv)
     from daemon.backends import load_backend
@@ -95,7 +111,7 @@ def main(argv=None):
     ).backend
     backend = load_backend(settings, 256)
     try:
-        figures = measure(backend, args.count, args.seed)
+        figures = measure(backend, args.count, args.seed, second_look_below=args.second_look_below)
     finally:
         backend.close()
     print("%s, %s" % (args.model, backend.name))

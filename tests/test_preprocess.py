@@ -190,3 +190,17 @@ def test_the_default_blur_keeps_the_loops_of_a_small_meter_8_open(height):
     crop = cv2.resize(big, (int(round(height * 60 / 96.0)), height), interpolation=cv2.INTER_AREA)
     prepared = preprocess.prepare(crop, preprocess.PreprocessParams(blur_kernel=5))
     assert not prepared.empty and _holes(prepared.tensor) == 2
+
+
+def test_tensor_variants_shift_a_pixel_each_way_then_thin_and_thicken():
+    tensors = np.zeros((2, 28, 28, 1), np.float32)
+    tensors[0, 10, 10:13, 0] = 1.0  # a short bar
+    tensors[1, 5:8, 5:8, 0] = 0.5  # a square
+    variants = preprocess.tensor_variants(tensors)
+    assert variants.shape == (12, 28, 28, 1) and variants.dtype == np.float32
+    right, left, down, up, thin, thick = variants[0::2]  # the first tensor's six
+    assert right[10, 11:14, 0].all() and not right[10, 10, 0]
+    assert left[10, 9:12, 0].all() and not left[10, 12, 0]
+    assert down[11, 10:13, 0].all() and up[9, 10:13, 0].all()
+    assert thin.sum() < tensors[0].sum() < thick.sum()
+    assert variants[1::2][0][5:8, 6:9, 0].min() == 0.5  # the second tensor, shifted right
