@@ -408,7 +408,7 @@ SCHEMA = Schema(
                 ),
                 "second_look_below": Field(
                     float,
-                    0.9,
+                    0.7,
                     "a crop the model is less sure of than this is read again shifted a pixel each way, "
                     "thinned and thickened, and the answers averaged (0 = never)",
                     minimum=0.0,
