@@ -27,15 +27,17 @@ UPRIGHT_MARGIN = 0.05
 def second_look(backend, tensors, rows, below):
     """``rows`` (the backend's answers for ``tensors``) with every row whose likeliest class
     is under ``below`` replaced by the mean of its answer and the answers for six small
-    variations of its tensor (``preprocess.tensor_variants``), all asked in one call. A
-    digit worn by blur or JPEG reads steadier; a sure crop costs nothing more."""
+    variations of its tensor (``preprocess.tensor_variants``), all asked in one call of the
+    backend's most exact model. A digit worn by blur or JPEG reads steadier; a sure crop
+    costs nothing more."""
     rows = np.asarray(rows)
     if not below or not len(rows):
         return rows
     unsure = np.flatnonzero(rows.max(axis=1) < below)
     if not len(unsure):
         return rows
-    answers = np.asarray(backend.infer_all(preprocess.tensor_variants(np.asarray(tensors)[unsure])))
+    variants = preprocess.tensor_variants(np.asarray(tensors)[unsure])
+    answers = np.asarray(getattr(backend, "infer_exact", backend.infer_all)(variants))
     answers = answers.reshape(-1, len(unsure), rows.shape[1])
     rows = rows.copy()
     rows[unsure] = (rows[unsure] + answers.sum(axis=0)) / (len(answers) + 1.0)

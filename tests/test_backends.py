@@ -92,6 +92,18 @@ def test_int8_reads_as_the_float_model_at_a_fraction_of_the_work(mnist_test, tmp
     assert 0 < np.abs(got - expected).max() < 0.05  # the rest: int8, close to float
 
 
+def test_the_exact_answer_skips_the_int8_copy_and_comes_in_chunks(mnist_test):
+    """The Reader's second look asks for the float model straight away (the crops are unsure)."""
+    batch = normalise_uint8(mnist_test[0][:70])
+    with backends.load_backend(backend_settings(type="onnxruntime", onnx_precision="fp32")) as exact:
+        expected = exact.infer(batch)
+        assert np.array_equal(exact.infer_exact(batch), exact.infer_all(batch))
+    with backends.load_backend(backend_settings(type="onnxruntime"), max_batch=32) as fast:
+        got = fast.infer_exact(batch)
+        assert fast.rows == 0  # the int8 copy was not asked
+    assert got.shape == expected.shape and np.allclose(got, expected, atol=1e-6)
+
+
 @pytest.mark.host  # the meter digits are drawn with Pillow (training's generator)
 def test_int8_drums_in_transition_get_the_float_answer_even_when_sure():
     """A box that cannot roll takes the transition class out and lets the small rest decide

@@ -99,10 +99,26 @@ class OnnxRuntimeBackend(Backend):
         )
         return self
 
-    def infer(self, batch):
+    def _model_input(self, batch):
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         if self.nchw:
             batch = batch.reshape(len(batch), 1, batch.shape[1], batch.shape[2])
+        return batch
+
+    def infer_exact(self, batch):
+        """The float32 model alone, in chunks of at most ``max_batch``."""
+        if self.int8_session is None:
+            return self.infer_all(batch)
+        batch = self._model_input(batch)
+        step = self.max_batch
+        parts = [
+            self.session.run(None, {self.input_name: batch[i : i + step]})[0]
+            for i in range(0, len(batch), step)
+        ]
+        return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+
+    def infer(self, batch):
+        batch = self._model_input(batch)
         if self.int8_session is None:
             return self.session.run(None, {self.input_name: batch})[0]
         probabilities = self.int8_session.run(None, {self.input_name: batch})[0]
