@@ -21,7 +21,19 @@ from tests.synthetic import two_digit_frame
 
 TOKEN = "test-token-0123456789abcdef"
 MQTT_SECRET = "mqtt-secret-never-shown"
-CONFIG_TEXT = """\
+# the tail of a config served on a free port with the test token, MQTT off
+SERVED_WITHOUT_MQTT = """\
+http:
+  enabled: true
+  port: 0
+  token: {token}
+mqtt:
+  enabled: false
+"""
+
+
+CONFIG_TEXT = (
+    """\
 # my camera on the desk
 device_id: desk-01   # the desk
 source:
@@ -36,14 +48,10 @@ roi:
     - {{id: left, x: 100, y: 140, w: 200, h: 200}}   # the first digit
 preprocess:
   threshold: otsu   # try fixed when the light is even
-http:
-  enabled: true
-  port: 0
-  token: {token}
-mqtt:
-  enabled: false
-  password: ${{DIGITD_TEST_MQTT_PASSWORD}}
 """
+    + SERVED_WITHOUT_MQTT
+    + "  password: ${{DIGITD_TEST_MQTT_PASSWORD}}\n"
+)
 
 
 class StillCamera(FrameSource):
@@ -398,7 +406,8 @@ def test_a_reference_that_cannot_be_written_is_500_with_the_reason_and_nothing_c
     assert [p.name for p in path.parent.iterdir() if p.name.startswith(".digitd-")] == []
 
 
-TWO_CAMERAS = """\
+TWO_CAMERAS = (
+    """\
 # two meters
 device_id: cellar-01
 backend:
@@ -419,13 +428,9 @@ BOXES
       mode: boxes
       boxes:
 BOXES
-http:
-  enabled: true
-  port: 0
-  token: {token}
-mqtt:
-  enabled: false
 """
+    + SERVED_WITHOUT_MQTT
+)
 
 
 def test_with_several_cameras_the_reference_is_saved_for_the_camera_asked_for(serve, meter):
@@ -454,7 +459,8 @@ def test_with_several_cameras_the_reference_is_saved_for_the_camera_asked_for(se
     assert call(web, "POST", "/api/reference?source=oil", {}, token=TOKEN)[0] == 404
 
 
-TWO_DESKS = """\
+TWO_DESKS = (
+    """\
 device_id: desk-02
 backend:
   type: onnxruntime
@@ -472,15 +478,9 @@ sources:
     path: .
     roi:
       mode: center
-preprocess:
-  threshold: otsu
-http:
-  enabled: true
-  port: 0
-  token: {token}
-mqtt:
-  enabled: false
 """
+    + SERVED_WITHOUT_MQTT
+)
 
 
 def test_with_several_cameras_the_setup_api_shows_previews_and_saves_the_roi_of_the_camera_asked_for(serve):
