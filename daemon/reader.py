@@ -64,7 +64,9 @@ class Reader(object):
     """Reads digits in images with one backend and one set of ROI/preprocess/postprocess settings.
 
     ``lock`` (when given) is held around every backend call only, so a shared backend (the
-    camera's, used by uploads too) is never busy while an image is decoded or preprocessed."""
+    camera's, used by uploads too) is never busy while an image is decoded or preprocessed.
+    ``second_look_below``: crops less sure than this get a ``second_look`` (0 = never;
+    ``from_config`` takes ``postprocess.second_look_below``)."""
 
     def __init__(
         self, roi_settings, preprocess_params, min_confidence, backend=None, lock=None, second_look_below=0.0
