@@ -30,7 +30,7 @@ PY36_TESTS := tests/test_batching.py tests/test_config.py tests/test_daemon_mqtt
 	tests/test_pipeline_in_process.py tests/test_web.py tests/test_outbox.py tests/test_notify.py \
 	tests/test_publisher_in_process.py tests/test_several_cameras.py
 
-.PHONY: help setup gstreamer-env py36-env jetson-check mosquitto sevenzip browser fonts train-fonts soak data train train-small baselines export quantize eval eval-real eval-meters test check lint demo build-engine install uninstall bench clean
+.PHONY: help setup gstreamer-env py36-env jetson-check mosquitto sevenzip browser fonts train-fonts soak data train train-small baselines export quantize eval eval-real eval-real-harder eval-meters test check lint demo build-engine install uninstall bench clean
 
 help:
 	@echo "make demo          run the daemon on the bundled sample video (CPU) and print what MQTT receives"
@@ -46,6 +46,7 @@ help:
 	@echo "make export        Keras -> ONNX (opset 13) + FP16 ONNX + sidecars"
 	@echo "make eval          accuracy, per-class table and confusion matrices"
 	@echo "make eval-real     read the 160 real sudoku photos in ../shared: figures + failure images"
+	@echo "make eval-real-harder  the same photos blurred, at half size and worn by JPEG (figures)"
 	@echo "make eval-meters   read held-out meter digits made here (FreeFont drums, seven segments, transitions)"
 	@echo "make quantize      int8 copies of the ONNX models for ONNX Runtime on the CPU (checked on MNIST)"
 	@echo "make build-engine  ONNX -> TensorRT engine (on the Jetson; MODEL=small for the small network)"
@@ -134,6 +135,12 @@ eval: $(STAMP)
 
 eval-real: $(STAMP)
 	$(PY) -m engine_build.eval_real
+
+# The same photos read harder: defocused, half size, worn by JPEG (figures only, nothing written)
+eval-real-harder: $(STAMP)
+	$(PY) -m engine_build.eval_real --quiet --out "" --failures "" --blur 1.5
+	$(PY) -m engine_build.eval_real --quiet --out "" --failures "" --scale 0.5
+	$(PY) -m engine_build.eval_real --quiet --out "" --failures "" --jpeg 25
 
 eval-meters: $(STAMP) fonts
 	$(PY) -m engine_build.eval_meters
