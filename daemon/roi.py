@@ -1035,6 +1035,23 @@ class GridRoi(object):
             & (y >= top - reach)
             & (y + h <= bottom + reach)
         )
+        # a stroke the blur broke off (the foot of a 2, the bar of a 7): lying, not standing (a
+        # wall's remnant stands), clear of the cell's walls, within GRID_PART_REACH of the
+        # digit's box, the two together no bigger than a digit
+        band = GRID_CELL_SLACK * cell
+        parts |= (
+            (w >= h)
+            & (x >= x0 + band)
+            & (x + w <= x0 + cell - band)
+            & (y >= y0 + band)
+            & (y + h <= y0 + cell - band)
+            & (x <= right + reach)
+            & (x + w >= left - reach)
+            & (y <= bottom + reach)
+            & (y + h >= top - reach)
+            & (np.maximum(bottom, y + h) - np.minimum(top, y) <= 0.95 * cell)
+            & (np.maximum(right, x + w) - np.minimum(left, x) <= 0.95 * cell)
+        )
         parts[0] = False  # the background
         parts[core] = True
         keep = parts.view(np.uint8)[window]
