@@ -1011,22 +1011,21 @@ class GridRoi(object):
             return np.full((cell, cell), paper_level, np.uint8)
         crop = flat[y0 : y0 + cell, x0 : x0 + cell].copy()
         cell_mask = mask[y0 : y0 + cell, x0 : x0 + cell]
-        x, y, w, h = stats[:, 0], stats[:, 1], stats[:, 2], stats[:, 3]
         core_boxes = stats[core]
         left, top = core_boxes[:, 0].min(), core_boxes[:, 1].min()
         right = (core_boxes[:, 0] + core_boxes[:, 2]).max()
         bottom = (core_boxes[:, 1] + core_boxes[:, 3]).max()
-        # the core, and the components touching the cell that lie inside the digit's box (give
-        # or take GRID_PART_REACH): a broken stroke lies inside it; a wall's remnant only brushes
-        # it, or runs on beyond it (a line's blurred edge under a digit)
+        # only the components whose boxes overlap the cell (a handful) are looked at further
+        x, y, w, h = stats[:, 0], stats[:, 1], stats[:, 2], stats[:, 3]
+        near = np.flatnonzero((x < x0 + cell) & (x + w > x0) & (y < y0 + cell) & (y + h > y0))
+        x, y, w, h = x[near], y[near], w[near], h[near]
+        # the core, and the components that lie inside the digit's box (give or take
+        # GRID_PART_REACH): a broken stroke lies inside it; a wall's remnant only brushes it,
+        # or runs on beyond it (a line's blurred edge under a digit)
         centre_x, centre_y = x + w / 2.0, y + h / 2.0
         reach = GRID_PART_REACH * cell
-        parts = (
-            (x < x0 + cell)
-            & (x + w > x0)
-            & (y < y0 + cell)
-            & (y + h > y0)
-            & (left <= centre_x)
+        within_box = (
+            (left <= centre_x)
             & (centre_x <= right)
             & (top <= centre_y)
             & (centre_y <= bottom)
@@ -1039,7 +1038,7 @@ class GridRoi(object):
         # wall's remnant stands), clear of the cell's walls, within GRID_PART_REACH of the
         # digit's box, the two together no bigger than a digit
         band = GRID_CELL_SLACK * cell
-        parts |= (
+        broken_off = (
             (w >= h)
             & (x >= x0 + band)
             & (x + w <= x0 + cell - band)
@@ -1052,9 +1051,11 @@ class GridRoi(object):
             & (np.maximum(bottom, y + h) - np.minimum(top, y) <= 0.95 * cell)
             & (np.maximum(right, x + w) - np.minimum(left, x) <= 0.95 * cell)
         )
-        parts[0] = False  # the background
-        parts[core] = True
-        keep = parts.view(np.uint8)[window]
+        parts = np.zeros(len(stats), np.uint8)
+        parts[near[within_box | broken_off]] = 1
+        parts[0] = 0  # the background
+        parts[core] = 1
+        keep = parts[window]
         # the blurred edges of grid lines escape the ink mask: outside the digit's box is paper
         ink_x, ink_y, ink_w, ink_h = cv2.boundingRect(keep)
         if ink_w == 0:  # components that only pass by the cell (their boxes overlap it)
