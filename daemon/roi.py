@@ -999,29 +999,17 @@ class GridRoi(object):
             return None
         return correction
 
-    def _cell_crop(self, flat, mask, labels, stats, x0, y0, core, paper_level, ink_bright=False):
-        """The cell with only its digit's ink left: its ``core`` components (``_digit_cores``)
-        with the pieces inside their box (a broken stroke). Grid-line remnants, specks and a
-        neighbour's overhang are painted as paper; a cell without a core comes out as blank
-        paper of ``paper_level``."""
+    def _pieces(self, boxes, labels, digit_box, x0, y0):
+        """The ``labels`` (components with ``boxes``, overlapping the cell at ``x0``, ``y0``)
+        that are pieces of the digit in ``digit_box`` (left, top, right, bottom). A piece lies
+        inside the digit's box, give or take GRID_PART_REACH (a broken stroke); a wall's
+        remnant only brushes it, or runs on beyond it (a line's blurred edge under a digit).
+        Or it is a stroke the blur broke off (the foot of a 2, the bar of a 7): lying, not
+        standing (a wall's remnant stands), clear of the cell's walls, within GRID_PART_REACH
+        of the digit's box, the two together no bigger than a digit."""
         cell = self.cell_px
-        window = labels[y0 : y0 + cell, x0 : x0 + cell]
-        core = [index for index in core or () if not _along_the_walls(window, index)]
-        if not core:
-            return np.full((cell, cell), paper_level, np.uint8)
-        crop = flat[y0 : y0 + cell, x0 : x0 + cell].copy()
-        cell_mask = mask[y0 : y0 + cell, x0 : x0 + cell]
-        core_boxes = stats[core]
-        left, top = core_boxes[:, 0].min(), core_boxes[:, 1].min()
-        right = (core_boxes[:, 0] + core_boxes[:, 2]).max()
-        bottom = (core_boxes[:, 1] + core_boxes[:, 3]).max()
-        # only the components whose boxes overlap the cell (a handful) are looked at further
-        x, y, w, h = stats[:, 0], stats[:, 1], stats[:, 2], stats[:, 3]
-        near = np.flatnonzero((x < x0 + cell) & (x + w > x0) & (y < y0 + cell) & (y + h > y0))
-        x, y, w, h = x[near], y[near], w[near], h[near]
-        # the core, and the components that lie inside the digit's box (give or take
-        # GRID_PART_REACH): a broken stroke lies inside it; a wall's remnant only brushes it,
-        # or runs on beyond it (a line's blurred edge under a digit)
+        left, top, right, bottom = digit_box
+        x, y, w, h = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
         centre_x, centre_y = x + w / 2.0, y + h / 2.0
         reach = GRID_PART_REACH * cell
         within_box = (
@@ -1034,9 +1022,6 @@ class GridRoi(object):
             & (y >= top - reach)
             & (y + h <= bottom + reach)
         )
-        # a stroke the blur broke off (the foot of a 2, the bar of a 7): lying, not standing (a
-        # wall's remnant stands), clear of the cell's walls, within GRID_PART_REACH of the
-        # digit's box, the two together no bigger than a digit
         band = GRID_CELL_SLACK * cell
         broken_off = (
             (w >= h)
@@ -1051,9 +1036,31 @@ class GridRoi(object):
             & (np.maximum(bottom, y + h) - np.minimum(top, y) <= 0.95 * cell)
             & (np.maximum(right, x + w) - np.minimum(left, x) <= 0.95 * cell)
         )
+        return labels[within_box | broken_off]
+
+    def _cell_crop(self, flat, mask, labels, stats, x0, y0, core, paper_level, ink_bright=False):
+        """The cell with only its digit's ink left: its ``core`` components (``_digit_cores``)
+        with its pieces (``_pieces``: a broken stroke). Grid-line remnants, specks and a
+        neighbour's overhang are painted as paper; a cell without a core comes out as blank
+        paper of ``paper_level``."""
+        cell = self.cell_px
+        window = labels[y0 : y0 + cell, x0 : x0 + cell]
+        core = [index for index in core or () if not _along_the_walls(window, index)]
+        if not core:
+            return np.full((cell, cell), paper_level, np.uint8)
+        crop = flat[y0 : y0 + cell, x0 : x0 + cell].copy()
+        cell_mask = mask[y0 : y0 + cell, x0 : x0 + cell]
+        core_boxes = stats[core]
+        left, top = core_boxes[:, 0].min(), core_boxes[:, 1].min()
+        right = (core_boxes[:, 0] + core_boxes[:, 2]).max()
+        bottom = (core_boxes[:, 1] + core_boxes[:, 3]).max()
+        # only the components whose boxes overlap the cell (a handful, most often the core
+        # alone) are looked at further
+        x, y, w, h = stats[1:, 0], stats[1:, 1], stats[1:, 2], stats[1:, 3]
+        near = np.flatnonzero((x < x0 + cell) & (x + w > x0) & (y < y0 + cell) & (y + h > y0)) + 1
         parts = np.zeros(len(stats), np.uint8)
-        parts[near[within_box | broken_off]] = 1
-        parts[0] = 0  # the background
+        if len(near) > len(core):
+            parts[self._pieces(stats[near], near, (left, top, right, bottom), x0, y0)] = 1
         parts[core] = 1
         keep = parts[window]
         # the blurred edges of grid lines escape the ink mask: outside the digit's box is paper
