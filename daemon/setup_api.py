@@ -262,7 +262,8 @@ def _config_path(web):
 
 
 def _save_and_apply(web, body_for, reload_anyway=False):
-    """Merge ``body_for(the file's plain data)`` into the config file, validate it, save it
+    """Merge ``body_for(the file's plain data, its validated config or None)`` into the
+    config file, validate it, save it
     and have the capture loop apply it; with ``reload_anyway`` it is applied even when no key
     changed (a file the config names was replaced). The answer PUT /api/config gives."""
     path = web.config_path
@@ -276,7 +277,7 @@ def _save_and_apply(web, body_for, reload_anyway=False):
             current = config_module.from_dict(plain, base_dirs)
         except config_module.ConfigError:
             current = None  # the file is broken already: every given key is written
-        merged, changes = merge_request(plain, body_for(plain), current)
+        merged, changes = merge_request(plain, body_for(plain, current), current)
         try:
             new = config_module.from_dict(merged, base_dirs)
         except config_module.ConfigError as exc:
@@ -319,22 +320,41 @@ def reference_path(config_path, source_id):
 def _body_for_camera(source_id, body):
     """A request body whose ``roi`` is camera ``source_id``'s: under ``roi`` with the single
     source/roi form, else merged into that camera's entry of ``sources`` (the list is written
-    whole, the rest as it is); the other sections stay where they are."""
+    whole, the rest as it is: only the keys whose values change are written into it, as
+    ``roi`` writes only what changes); the other sections stay where they are."""
 
-    def body_for(plain):
+    def body_for(plain, current):
         if source_id is None or "roi" not in body:
             return body
+        effective = {}
+        for camera_id, _, roi in config_module.inputs(current) if current is not None else ():
+            if camera_id == source_id:
+                effective = roi.as_dict()
         items = copy.deepcopy(plain.get("sources") or [])
         for item in items:
             if isinstance(item, dict) and item.get("id") == source_id:
                 roi = item.get("roi") if isinstance(item.get("roi"), dict) else {}
-                item["roi"] = _merge(roi, copy.deepcopy(body["roi"]))
+                item["roi"] = _merge(roi, _changed_only(copy.deepcopy(body["roi"]), effective))
                 merged = dict((key, value) for key, value in body.items() if key != "roi")
                 merged["sources"] = items
                 return merged
         raise Refused(409, "the config file has no source %r (any more); nothing saved" % source_id)
 
     return body_for
+
+
+def _changed_only(given, effective):
+    """The keys of ``given`` (nested dicts) whose values differ from ``effective``'s."""
+    out = {}
+    for key, value in given.items():
+        now = effective.get(key) if isinstance(effective, dict) else None
+        if isinstance(value, dict) and isinstance(now, dict):
+            inner = _changed_only(value, now)
+            if inner:
+                out[key] = inner
+        elif value != now:
+            out[key] = value
+    return out
 
 
 def post_reference(web, request):

@@ -507,6 +507,7 @@ def test_with_several_cameras_the_setup_api_shows_previews_and_saves_the_roi_of_
     on_disk = yaml.safe_load(path.read_text())
     left, right = on_disk["sources"]
     assert right["roi"]["mode"] == "boxes" and right["roi"]["boxes"][0]["id"] == "b"
+    assert sorted(right["roi"]) == ["boxes", "mode"]  # what changed, not every default
     assert left == yaml.safe_load(before)["sources"][0]  # the other camera is as it was
     assert on_disk["preprocess"]["blur_kernel"] == 3 and "roi" not in on_disk  # shared sections stay shared
     assert "- id: left   # the camera on the left" in path.read_text()
