@@ -28,7 +28,7 @@ PY36_TESTS := tests/test_batching.py tests/test_config.py tests/test_daemon_mqtt
 	tests/test_publish.py tests/test_roi.py tests/test_sources.py tests/test_tensorrt_backend.py \
 	tests/test_pipeline.py tests/test_preprocess.py tests/test_backends.py tests/test_security.py tests/test_predict_cli.py \
 	tests/test_pipeline_in_process.py tests/test_web.py tests/test_outbox.py tests/test_notify.py \
-	tests/test_publisher_in_process.py tests/test_several_cameras.py
+	tests/test_publisher_in_process.py tests/test_several_cameras.py tests/test_reader.py
 
 .PHONY: help setup gstreamer-env py36-env jetson-check mosquitto sevenzip browser fonts train-fonts soak data train train-small baselines export quantize eval eval-real eval-real-harder eval-meters test check lint demo build-engine install uninstall bench clean
 
