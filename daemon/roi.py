@@ -741,9 +741,10 @@ class GridRoi(object):
         self._searched = True  # searched, or checked again: extract_grid registers it to its lines
         # INTER_AREA: bilinear here loses thin grid lines (one real photo's grid not found)
         work = cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else gray
+        masks = {}  # by ink-mask offset: the check and the search share one
         if tracked is not None:
             # checked with the threshold it was found with
-            mask = _ink_mask(work, block_fraction=0.04, offset=tracked[4])
+            mask = masks[tracked[4]] = _ink_mask(work, block_fraction=0.04, offset=tracked[4])
             if tracked[0] == mask.shape and self._grid_score(mask, tracked[1]) >= max(
                 GRID_MIN_SCORE, tracked[2] - GRID_TRACK_DROP
             ):
@@ -751,7 +752,9 @@ class GridRoi(object):
                 return (tracked[1] / scale).astype(np.float32)
         # a blurred or dim photo: its thin inner lines fall under the first threshold
         for offset in GRID_SEARCH_OFFSETS:
-            mask = _ink_mask(work, block_fraction=0.04, offset=offset)
+            mask = masks.get(offset)
+            if mask is None:
+                mask = _ink_mask(work, block_fraction=0.04, offset=offset)
             best, best_score = self._search(mask)
             if best is not None:
                 break
