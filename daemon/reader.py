@@ -37,7 +37,7 @@ def second_look(backend, tensors, rows, below):
     if not len(unsure):
         return rows
     variants = preprocess.tensor_variants(np.asarray(tensors)[unsure])
-    answers = np.asarray(getattr(backend, "infer_exact", backend.infer_all)(variants))
+    answers = np.asarray(backend.infer_exact(variants))
     answers = answers.reshape(-1, len(unsure), rows.shape[1])
     rows = rows.copy()
     rows[unsure] = (rows[unsure] + answers.sum(axis=0)) / (len(answers) + 1.0)

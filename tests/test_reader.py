@@ -17,6 +17,8 @@ class CountingBackend(object):
         means = np.asarray(batch).reshape(len(batch), -1).mean(axis=1)
         return np.stack([1.0 - means, means], axis=1)
 
+    infer_exact = infer_all  # one model: its answers are already the most exact
+
 
 def test_only_unsure_rows_are_read_again_in_one_call_and_averaged():
     tensors = np.zeros((3, 28, 28, 1), np.float32)

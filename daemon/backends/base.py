@@ -43,11 +43,15 @@ class Backend(object):
 
     def infer_all(self, batch):
         """Run a batch of any size in chunks of at most ``max_batch``."""
+        return self._in_chunks(self.infer, batch)
+
+    def _in_chunks(self, run, batch):
+        """``run`` over ``batch`` in chunks of at most ``max_batch``, answers joined."""
         if len(batch) <= self.max_batch:
-            return self.infer(batch)
+            return run(batch)
         import numpy as np
 
-        parts = [self.infer(batch[i : i + self.max_batch]) for i in range(0, len(batch), self.max_batch)]
+        parts = [run(batch[i : i + self.max_batch]) for i in range(0, len(batch), self.max_batch)]
         return np.concatenate(parts)
 
     def infer_exact(self, batch):

@@ -109,13 +109,10 @@ class OnnxRuntimeBackend(Backend):
         """The float32 model alone, in chunks of at most ``max_batch``."""
         if self.int8_session is None:
             return self.infer_all(batch)
-        batch = self._model_input(batch)
-        step = self.max_batch
-        parts = [
-            self.session.run(None, {self.input_name: batch[i : i + step]})[0]
-            for i in range(0, len(batch), step)
-        ]
-        return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+        return self._in_chunks(self._run_float, batch)
+
+    def _run_float(self, batch):
+        return self.session.run(None, {self.input_name: self._model_input(batch)})[0]
 
     def infer(self, batch):
         batch = self._model_input(batch)
