@@ -177,7 +177,7 @@ def get_config(web, request):
     if source_id is not None:
         roi = _source_roi(body["config"], source_id)
         if roi is None:  # the file on disk no longer has that camera: the running one's
-            roi = _source_roi(config_module.masked_dict(running), source_id)
+            roi = _camera_roi(running, source_id).as_dict()
         body["config"]["roi"] = roi
     return body
 
@@ -326,10 +326,8 @@ def _body_for_camera(source_id, body):
     def body_for(plain, current):
         if source_id is None or "roi" not in body:
             return body
-        effective = {}
-        for camera_id, _, roi in config_module.inputs(current) if current is not None else ():
-            if camera_id == source_id:
-                effective = roi.as_dict()
+        effective = _camera_roi(current, source_id) if current is not None else None
+        effective = effective.as_dict() if effective is not None else {}
         items = copy.deepcopy(plain.get("sources") or [])
         for item in items:
             if isinstance(item, dict) and item.get("id") == source_id:
@@ -429,6 +427,15 @@ def source_asked(web, request):
     return source_id
 
 
+def _camera_roi(config, source_id):
+    """Camera ``source_id``'s ROI settings in a validated config (with several cameras), or
+    None."""
+    for camera_id, _, roi in config_module.inputs(config):
+        if source_id is not None and camera_id == source_id:
+            return roi
+    return None
+
+
 def _source_roi(config_dict, source_id):
     """The ``roi`` of camera ``source_id`` in a config as a dict, or None when it has none."""
     for item in config_dict.get("sources") or []:
@@ -488,9 +495,9 @@ def preview_settings(web, overrides, source_id=None):
         )
     running = web.pipeline.config
     data = {section: getattr(running, section).as_dict() for section in PREVIEW_SECTIONS}
-    for camera_id, _, roi in config_module.inputs(running):
-        if source_id is not None and camera_id == source_id:
-            data["roi"] = roi.as_dict()
+    camera_roi = _camera_roi(running, source_id)
+    if camera_roi is not None:
+        data["roi"] = camera_roi.as_dict()
     _merge(data, overrides)
     data["source"] = {"type": "images", "path": "."}
     try:
