@@ -4,8 +4,8 @@ between two digits are reported as such.
     python -m engine_build.eval_meters                # the shipped ONNX model, 4000 crops
 
 The crops come from ``engine_build.meter_digits`` with the held-out typefaces (FreeFont) and
-a seed training never uses; they go through the daemon's own stages (preprocess, backend with
-the Reader's second look at unsure crops, postprocess), each crop as one whole box with its
+a seed training never uses; they go through the daemon's own Reader (preprocess, backend
+with its second look at unsure crops, postprocess), each crop as one whole box with its
 polarity set, as a meter's boxes are.
 """
 
@@ -17,7 +17,7 @@ import numpy as np
 
 from daemon import config, postprocess, preprocess
 from daemon.model_meta import TRANSITION_CLASS
-from daemon.reader import second_look
+from daemon.reader import Reader
 from engine_build import meter_digits
 
 HELD_OUT_SEED = 20240613  # training uses --seed (1234 by default) and never this one
@@ -26,33 +26,26 @@ HELD_OUT_SEED = 20240613  # training uses --seed (1234 by default) and never thi
 def measure(backend, count=4000, seed=HELD_OUT_SEED, min_confidence=None, second_look_below=None):
     """Figures for ``count`` held-out crops read with ``backend`` (a daemon backend) and the
     postprocess settings given (default the daemon's)."""
-    defaults = config.defaults().postprocess
+    settings = config.defaults()
     if min_confidence is None:
-        min_confidence = defaults.min_confidence
-    if second_look_below is None:
-        second_look_below = defaults.second_look_below
+        min_confidence = settings.postprocess.min_confidence
+    if second_look_below is not None:
+        settings.postprocess.second_look_below = second_look_below
+    reader = Reader.from_config(settings, backend)  # the backend stays the caller's to close
     rng = np.random.default_rng(seed)
     crops, labels, brights = meter_digits.render_crops(count, rng, held_out=True)
-    tensors, kept = [], []
-    empty = 0
-    for crop, label, bright in zip(crops, labels, brights):
-        polarity = "light_on_dark" if bright else "dark_on_light"
-        prepared = preprocess.prepare(crop, preprocess.PreprocessParams(polarity=polarity))
-        if prepared.empty:
-            empty += 1
-            kept.append((label, None))
-            continue
-        tensors.append(prepared.tensor)
-        kept.append((label, len(tensors) - 1))
-    rows = []
-    if tensors:
-        tensors = np.stack(tensors)
-        rows = second_look(backend, tensors, backend.infer_all(tensors), second_look_below)
+    prepared = [
+        preprocess.prepare(
+            crop, preprocess.PreprocessParams(polarity="light_on_dark" if bright else "dark_on_light")
+        )
+        for crop, bright in zip(crops, brights)
+    ]
+    empty = sum(1 for p in prepared if p.empty)
+    rows = reader.infer(prepared)
     digits_right = digits_total = transitions_flagged = transitions_total = 0
     transitions_as_digit = 0
     confusions = {}
-    for label, index in kept:
-        probabilities = None if index is None else rows[index]
+    for label, probabilities in zip(labels, rows):
         if probabilities is None:
             digit, transition = None, False
         else:
