@@ -46,7 +46,7 @@ help:
 	@echo "make export        Keras -> ONNX (opset 13) + FP16 ONNX + sidecars"
 	@echo "make eval          accuracy, per-class table and confusion matrices"
 	@echo "make eval-real     read the 160 real sudoku photos in ../shared: figures + failure images"
-	@echo "make eval-real-harder  the same photos blurred, at half size and worn by JPEG (figures)"
+	@echo "make eval-real-harder  the same photos blurred, at half size, worn by JPEG, dim and in a shadow (figures)"
 	@echo "make eval-meters   read held-out meter digits made here (FreeFont drums, seven segments, transitions)"
 	@echo "make quantize      int8 copies of the ONNX models for ONNX Runtime on the CPU (checked on MNIST)"
 	@echo "make build-engine  ONNX -> TensorRT engine (on the Jetson; MODEL=small for the small network)"
@@ -136,11 +136,14 @@ eval: $(STAMP)
 eval-real: $(STAMP)
 	$(PY) -m engine_build.eval_real
 
-# The same photos read harder: defocused, half size, worn by JPEG (figures only, nothing written)
+# The same photos read harder: defocused, half size, worn by JPEG, dim, half in a shadow
+# (figures only, nothing written)
 eval-real-harder: $(STAMP)
 	$(PY) -m engine_build.eval_real --quiet --out "" --failures "" --blur 1.5
 	$(PY) -m engine_build.eval_real --quiet --out "" --failures "" --scale 0.5
 	$(PY) -m engine_build.eval_real --quiet --out "" --failures "" --jpeg 25
+	$(PY) -m engine_build.eval_real --quiet --out "" --failures "" --light 0.6
+	$(PY) -m engine_build.eval_real --quiet --out "" --failures "" --shadow 0.5
 
 eval-meters: $(STAMP) fonts
 	$(PY) -m engine_build.eval_meters

@@ -168,6 +168,22 @@ def _background_kernel(gray):
     return max(3, (min(gray.shape) // 3) | 1)
 
 
+# The grey paper is brought to by ``even_light``: the ink's contrast then reads the same in
+# daylight, a dim room or a shadow, and every fixed grey level after it means the same.
+EVEN_PAPER = 200
+
+
+def even_light(gray, side):
+    """Dark ink on light paper with the paper's light made even: each pixel over the paper's
+    own light around it, scaled so the paper is ``EVEN_PAPER``. The paper's light is a
+    closing ``side`` pixels wide (wider than any stroke: it fills the ink and keeps a
+    shadow's edge where it is), so a shadow across the page, dim light or vignetting leave
+    the contrast a page has in daylight."""
+    side = max(3, int(side) | 1)
+    paper = cv2.morphologyEx(gray, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_RECT, (side, side)))
+    return cv2.divide(gray, paper, scale=EVEN_PAPER)
+
+
 def region_ink_is_bright(gray):
     """Whether the ink of a page or frame (text, lines, many digits) is brighter than the paper.
 

@@ -14,6 +14,7 @@ import numpy as np
 from daemon.preprocess import (
     block_average,
     components,
+    even_light,
     reduction_interpolation,
     region_ink_is_bright,
     to_gray,
@@ -895,6 +896,7 @@ class GridRoi(object):
             warp = self._correction.dot(warp)
         flat = cv2.warpPerspective(gray, warp, size, flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REPLICATE)
         ink_bright = region_ink_is_bright(flat)
+        flat = self._evenly_lit(flat, ink_bright)
         mask, labels, stats, line_masks = self._digit_components(flat, ink_bright)
         if outline is not None and self._searched:
             self._correction = self._registration_to_lines(line_masks)
@@ -903,6 +905,7 @@ class GridRoi(object):
                 flat = cv2.warpPerspective(
                     gray, warp, size, flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REPLICATE
                 )
+                flat = self._evenly_lit(flat, ink_bright)
                 mask, labels, stats, _ = self._digit_components(flat, ink_bright)
         cores = self._digit_cores(stats)
         cell = self.cell_px
@@ -926,6 +929,15 @@ class GridRoi(object):
             box = (int(a[0]) + ox, int(a[1]) + oy, max(1, int(b[0] - a[0])), max(1, int(b[1] - a[1])))
             rois.append(Roi("r%dc%d" % (row, col), box, crop, row, (row, col), polarity))
         return rois, outline
+
+    def _evenly_lit(self, flat, ink_bright):
+        """The flat grid with its paper evenly lit (``preprocess.even_light``, a closing half a
+        cell wide): the ink mask's offset and the crops' contrast floor are fixed grey levels,
+        which a shadow or dim light would otherwise put out of reach. Light ink on dark paper
+        is left as it is (its dark paper has no light to divide by)."""
+        if ink_bright:
+            return flat
+        return even_light(flat, self.cell_px // 2)
 
     def _digit_cores(self, stats):
         """{cell index: the components that are the core of its digit}: a box centred in the

@@ -4,8 +4,9 @@
     python -m engine_build.eval_real --data DIR --limit 40 --failures docs/failures/real
 
 Each photo goes through ``daemon.predict`` exactly as ``predict --roi grid`` reads it.
-``--blur``, ``--scale`` and ``--jpeg`` read harder copies of the same photos (defocused,
-smaller, more compressed): how far the reading holds beyond the photos it was tuned on.
+``--blur``, ``--scale``, ``--light``, ``--shadow``, ``--noise`` and ``--jpeg`` read harder
+copies of the same photos (defocused, smaller, dim, half in a shadow, grainy, more
+compressed): how far the reading holds beyond the photos it was tuned on.
 Prints grids located (the found outer frame against ``outlines.csv``), grids read
 exactly, cells right, digits right and empty cells right; writes ``real.json`` and the
 worst failures as images (wrong cells in red, "read/true") into ``--failures``.
@@ -19,6 +20,7 @@ import csv
 import json
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import cv2
@@ -202,22 +204,45 @@ def write_failures(out_dir, photos, results, scores, count, image_format="jpg"):
 
 class Degradation(object):
     """A harder copy of a photo: Gaussian blur of ``blur`` pixels (sigma), resized by
-    ``scale``, then saved as a JPEG of ``quality`` (None: none of these)."""
+    ``scale``; its light times ``light`` (a dim room or a short exposure); a shadow's edge
+    across the page, darker by the fraction ``shadow`` on one side; sensor noise of
+    ``noise`` grey levels (sigma); then saved as a JPEG of ``quality`` (None: none of these).
+    The shadow's direction and the noise are drawn from the photo's own pixels, so a copy
+    is the same on every run."""
 
-    def __init__(self, blur=0.0, scale=1.0, quality=None):
-        if blur < 0 or not 0 < scale <= 1 or (quality is not None and not 1 <= quality <= 100):
+    def __init__(self, blur=0.0, scale=1.0, quality=None, light=1.0, shadow=0.0, noise=0.0):
+        if (
+            blur < 0
+            or not 0 < scale <= 1
+            or (quality is not None and not 1 <= quality <= 100)
+            or not 0 < light <= 1
+            or not 0 <= shadow < 1
+            or noise < 0
+        ):
             raise ValueError(
-                "want blur >= 0, 0 < scale <= 1 and JPEG quality 1-100, got %s, %s, %s"
-                % (blur, scale, quality)
+                "want blur >= 0, 0 < scale <= 1, JPEG quality 1-100, 0 < light <= 1, "
+                "0 <= shadow < 1 and noise >= 0, got %s, %s, %s, %s, %s, %s"
+                % (blur, scale, quality, light, shadow, noise)
             )
         self.blur, self.scale, self.quality = blur, scale, quality
+        self.light, self.shadow, self.noise = light, shadow, noise
 
     def __bool__(self):
-        return bool(self.blur or self.scale != 1.0 or self.quality is not None)
+        return bool(
+            self.blur
+            or self.scale != 1.0
+            or self.quality is not None
+            or self.light != 1.0
+            or self.shadow
+            or self.noise
+        )
 
     def describe(self):
         parts = ["blur %.1f px" % self.blur] if self.blur else []
         parts += ["scale %.2f" % self.scale] if self.scale != 1.0 else []
+        parts += ["light x %.2f" % self.light] if self.light != 1.0 else []
+        parts += ["shadow %.2f" % self.shadow] if self.shadow else []
+        parts += ["noise %.1f" % self.noise] if self.noise else []
         parts += ["JPEG quality %d" % self.quality] if self.quality is not None else []
         return ", ".join(parts) or "as taken"
 
@@ -226,12 +251,30 @@ class Degradation(object):
             image = cv2.resize(image, None, fx=self.scale, fy=self.scale, interpolation=cv2.INTER_AREA)
         if self.blur:
             image = cv2.GaussianBlur(image, (0, 0), self.blur)
+        if self.light != 1.0 or self.shadow or self.noise:
+            image = self._lit(image)
         if self.quality is not None:
             ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, self.quality])
             if not ok:
                 raise ValueError("JPEG encoding failed")
             image = cv2.imdecode(encoded, cv2.IMREAD_UNCHANGED)
         return image
+
+    def _lit(self, image):
+        rng = np.random.default_rng(zlib.crc32(np.ascontiguousarray(image[::37, ::41]).tobytes()))
+        height, width = image.shape[:2]
+        gain = np.full((height, width), self.light, np.float32)
+        if self.shadow:
+            # a straight edge through the middle at a random angle, softened like a real one
+            angle = rng.uniform(0.0, 2.0 * np.pi)
+            rows, cols = np.mgrid[0:height, 0:width].astype(np.float32)
+            side = np.cos(angle) * (cols - width / 2.0) + np.sin(angle) * (rows - height / 2.0) > 0
+            soft = cv2.GaussianBlur(side.astype(np.float32), (0, 0), max(2.0, width / 200.0))
+            gain *= 1.0 - self.shadow * soft
+        lit = image.astype(np.float32) * (gain[..., np.newaxis] if image.ndim == 3 else gain)
+        if self.noise:
+            lit += rng.normal(0.0, self.noise, lit.shape).astype(np.float32)
+        return np.clip(np.round(lit), 0, 255).astype(np.uint8)
 
 
 def read_degraded(reader, path, degradation):
@@ -278,6 +321,13 @@ def parse_args(argv=None):
     parser.add_argument("--blur", type=float, default=0.0, help="read copies blurred by this sigma (px)")
     parser.add_argument("--scale", type=float, default=1.0, help="read copies resized by this factor")
     parser.add_argument("--jpeg", type=int, default=None, help="read copies saved at this JPEG quality")
+    parser.add_argument("--light", type=float, default=1.0, help="read copies with their light times this")
+    parser.add_argument(
+        "--shadow", type=float, default=0.0, help="read copies with a shadow this much darker across them"
+    )
+    parser.add_argument(
+        "--noise", type=float, default=0.0, help="read copies with sensor noise of this sigma"
+    )
     return parser.parse_args(argv)
 
 
@@ -285,7 +335,7 @@ def main(args):
     from daemon import config as config_module
     from daemon.reader import Reader
 
-    degradation = Degradation(args.blur, args.scale, args.jpeg)
+    degradation = Degradation(args.blur, args.scale, args.jpeg, args.light, args.shadow, args.noise)
     photos = load_photos(args.data, args.limit)
     config = config_module.load(args.config) if args.config else config_module.defaults()
 

@@ -204,3 +204,27 @@ def test_tensor_variants_shift_a_pixel_each_way_then_thin_and_thicken():
     assert down[11, 10:13, 0].all() and up[9, 10:13, 0].all()
     assert thin.sum() < tensors[0].sum() < thick.sum()
     assert variants[1::2][0][5:8, 6:9, 0].min() == 0.5  # the second tensor, shifted right
+
+
+def test_even_light_brings_a_shadowed_page_to_one_paper_grey_and_keeps_the_inks_contrast():
+    """Half the page in a shadow (its light halved), each half with the same strokes: after
+    even_light both halves have the same paper grey and the same ink, so one fixed threshold
+    finds the strokes on both sides."""
+    page = np.full((96, 192), 180, np.uint8)
+    for left in (20, 116):
+        page[30:70, left : left + 4] = 90  # a stroke: half the paper's light
+        page[30:34, left : left + 30] = 90
+    light = np.ones(page.shape, np.float32)
+    light[:, 96:] = 0.5
+    shadowed = np.round(page * light).astype(np.uint8)
+
+    even = preprocess.even_light(shadowed, 25)
+
+    sunlit_paper, shaded_paper = even[80:, 50:80], even[80:, 150:180]
+    assert np.abs(sunlit_paper.astype(int) - preprocess.EVEN_PAPER).max() <= 2
+    assert np.abs(shaded_paper.astype(int) - preprocess.EVEN_PAPER).max() <= 2
+    sunlit_ink, shaded_ink = int(even[50, 21]), int(even[50, 117])
+    assert abs(sunlit_ink - preprocess.EVEN_PAPER // 2) <= 2
+    assert abs(shaded_ink - sunlit_ink) <= 2
+    # before, the shaded paper was as dark as the sunlit ink: no one threshold fitted both
+    assert int(shadowed[80, 150]) <= int(shadowed[50, 21])
