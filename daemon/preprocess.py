@@ -171,6 +171,7 @@ def _background_kernel(gray):
 # The grey paper is brought to by ``even_light``: the ink's contrast then reads the same in
 # daylight, a dim room or a shadow, and every fixed grey level after it means the same.
 EVEN_PAPER = 200
+EVEN_LIGHT_STEP = 16  # closings wider than this many pixels run on a block-averaged copy
 
 
 def even_light(gray, side):
@@ -179,8 +180,15 @@ def even_light(gray, side):
     closing ``side`` pixels wide (wider than any stroke: it fills the ink and keeps a
     shadow's edge where it is), so a shadow across the page, dim light or vignetting leave
     the contrast a page has in daylight."""
-    side = max(3, int(side) | 1)
-    paper = cv2.morphologyEx(gray, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_RECT, (side, side)))
+    # a wide closing is measured on a block-averaged copy (its cost grows with its width);
+    # the paper's light varies over far more than a block
+    factor = max(1, int(side) // EVEN_LIGHT_STEP)
+    small = block_average(gray, factor)
+    factor = gray.shape[1] / float(small.shape[1])
+    side = max(3, int(round(side / factor)) | 1)
+    paper = cv2.morphologyEx(small, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_RECT, (side, side)))
+    if paper.shape != gray.shape:
+        paper = cv2.resize(paper, (gray.shape[1], gray.shape[0]), interpolation=cv2.INTER_LINEAR)
     return cv2.divide(gray, paper, scale=EVEN_PAPER)
 
 
