@@ -172,6 +172,9 @@ def _background_kernel(gray):
 # daylight, a dim room or a shadow, and every fixed grey level after it means the same.
 EVEN_PAPER = 200
 EVEN_LIGHT_STEP = 16  # closings wider than this many pixels run on a block-averaged copy
+# darker than a quarter of EVEN_PAPER is no paper (a black table, a dark margin): lifted no
+# more than this, its sensor noise and JPEG blocks stay too faint to pass for strokes
+EVEN_MAX_GAIN = 4
 
 
 def even_light(gray, side):
@@ -189,6 +192,7 @@ def even_light(gray, side):
     paper = cv2.morphologyEx(small, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_RECT, (side, side)))
     if paper.shape != gray.shape:
         paper = cv2.resize(paper, (gray.shape[1], gray.shape[0]), interpolation=cv2.INTER_LINEAR)
+    paper = cv2.max(paper, EVEN_PAPER // EVEN_MAX_GAIN)
     return cv2.divide(gray, paper, scale=EVEN_PAPER)
 
 

@@ -228,3 +228,18 @@ def test_even_light_brings_a_shadowed_page_to_one_paper_grey_and_keeps_the_inks_
     assert abs(shaded_ink - sunlit_ink) <= 2
     # before, the shaded paper was as dark as the sunlit ink: no one threshold fitted both
     assert int(shadowed[80, 150]) <= int(shadowed[50, 21])
+
+
+def test_even_light_lifts_a_black_margin_no_more_than_fourfold():
+    """A black table beside the page is no paper: its sensor noise, lifted to the paper's
+    grey, would pass for strokes."""
+    rng = np.random.default_rng(5)
+    page = np.full((64, 128), 180, np.uint8)
+    page[:, 64:] = np.clip(rng.normal(12, 3, (64, 64)), 0, 255).astype(np.uint8)
+
+    even = preprocess.even_light(page, 25)
+
+    margin = even[:, 80:].astype(int)
+    assert margin.max() <= preprocess.EVEN_MAX_GAIN * int(page[:, 80:].max())
+    assert margin.std() <= preprocess.EVEN_MAX_GAIN * page[:, 80:].std() + 1
+    assert abs(int(np.median(even[:, :48])) - preprocess.EVEN_PAPER) <= 2
