@@ -26,7 +26,7 @@ BLURRED_EXACT_FLOOR = 0.85
 # JPEG quality 25: 147 / 160 exact with the second look at unsure crops, 145 without (before
 # the grid's paper was evenly lit: 146 and 138)
 WORN_EXACT_FLOOR = 0.88
-# in dim light (0.6 of it) 148 / 160 exact, and 117 half in a shadow 0.5 dark; 100 and 60
+# in dim light (0.6 of it) 149 / 160 exact, and 116 half in a shadow 0.5 dark; 100 and 60
 # before the grid's paper was evenly lit
 DIM_EXACT_FLOOR = 0.88
 SHADOW_EXACT_FLOOR = 0.66
