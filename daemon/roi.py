@@ -516,6 +516,9 @@ GRID_MIN_AREA = 0.04  # smallest grid, as a share of the searched image
 # ink-mask offsets the grid is searched with, in turn while none is found: 6 for most photos;
 # a blurred or dim one has thin lines only a lower offset keeps
 GRID_SEARCH_OFFSETS = (6, 3)
+# (turned, ink-mask offset) in the order they are tried: the grid as the photo lies at each
+# offset, then turned back at the lower one only (the fuller mask; a turn costs a sweep)
+GRID_SEARCHES = tuple((False, offset) for offset in GRID_SEARCH_OFFSETS) + ((True, GRID_SEARCH_OFFSETS[-1]),)
 GRID_MIN_SCORE = 0.45  # line coverage less cell fill below which a quadrilateral is no grid
 # Refined corners replace the found ones only when the score rises this much: a small gain
 # is the score's own noise, and the outline of a clean grid is already as good as it gets.
@@ -538,6 +541,9 @@ GRID_DIGIT_MIN_HEIGHT = 0.25  # a digit in a grid cell is at least this share of
 # A camera's grid stays where it was: the last outline is kept while its score on the new frame
 # stays within this of the score it was found with; below, the grid is searched for again.
 GRID_TRACK_DROP = 0.05
+# a page turned by up to this many degrees either way is found (the search turns its lines
+# back when none is found as the photo lies)
+GRID_TURNS = (-40, -32, -24, -16, -8, 8, 16, 24, 32, 40)
 
 
 def _line_masks(mask, length):
@@ -628,12 +634,12 @@ def _hull_of_cell_groups(lines, min_area):
             i = parent[i]
         return i
 
-    for i in range(len(holes)):
-        for j in range(i + 1, len(holes)):
-            ratio = areas[i] / areas[j]
-            near = np.linalg.norm(centres[i] - centres[j]) < 1.6 * np.sqrt(max(areas[i], areas[j]))
-            if 0.5 < ratio < 2.0 and near:
-                parent[root(i)] = root(j)
+    # the pairs of similar holes near each other, all at once (a page of text has hundreds)
+    ratio = areas[:, np.newaxis] / areas[np.newaxis, :]
+    distance = np.linalg.norm(centres[:, np.newaxis] - centres[np.newaxis, :], axis=2)
+    near = distance < 1.6 * np.sqrt(np.maximum(areas[:, np.newaxis], areas[np.newaxis, :]))
+    for i, j in np.argwhere(np.triu((0.5 < ratio) & (ratio < 2.0) & near, 1)):
+        parent[root(i)] = root(j)
     groups = {}
     for i in range(len(holes)):
         groups.setdefault(root(i), []).append(holes[i])
@@ -764,12 +770,14 @@ class GridRoi(object):
             ):
                 self._tracked = tracked[:3] + (thumbnail, tracked[4])
                 return (tracked[1] / scale).astype(np.float32)
-        # a blurred or dim photo: its thin inner lines fall under the first threshold
-        for offset in GRID_SEARCH_OFFSETS:
+        # a blurred or dim photo: its thin inner lines fall under the first threshold; a
+        # page turned by more than a few degrees: its lines are no longer horizontal and
+        # vertical, and are looked for in copies turned back
+        for turned, offset in GRID_SEARCHES:
             mask = masks.get(offset)
             if mask is None:
-                mask = _ink_mask(work, block_fraction=0.04, offset=offset)
-            best, best_score = self._search(mask)
+                mask = masks[offset] = _ink_mask(work, block_fraction=0.04, offset=offset)
+            best, best_score = self._search(mask, turned)
             if best is not None:
                 break
         if best is None:
@@ -778,10 +786,13 @@ class GridRoi(object):
         self._tracked, self._no_grid = (mask.shape, best, best_score, thumbnail, offset), None
         return (best / scale).astype(np.float32)
 
-    def _search(self, mask):
+    def _search(self, mask, turned=False):
         """(corners, score) of the best grid among the candidates of an ink mask, refined, or
-        (None, GRID_MIN_SCORE) when none scores as a grid."""
+        (None, GRID_MIN_SCORE) when none scores as a grid. ``turned``: the candidates of a
+        page turned by more than a few degrees (``_turned_candidates``) instead."""
         min_area = GRID_MIN_AREA * mask.shape[0] * mask.shape[1]
+        if turned:
+            return self._refined_best(mask, self._turned_candidates(mask, min_area))
         candidates = []
         lines = _long_lines(mask)
         for source in (mask, lines):
@@ -795,17 +806,60 @@ class GridRoi(object):
             for quad in _quads_of_hull(hull):
                 candidates.append(quad)
                 candidates.extend(self._one_more_row_or_col(quad))
-        best, best_score = None, GRID_MIN_SCORE
-        for quad in candidates:
-            quad_score = self._grid_score(mask, quad)
-            if quad_score > best_score:
-                best, best_score = quad, quad_score
+        return self._refined_best(mask, candidates)
+
+    def _refined_best(self, mask, candidates):
+        """(corners, score) of the candidate that scores best as a grid, refined, or (None,
+        GRID_MIN_SCORE) when none does."""
+        best, best_score = self._best_quad(mask, candidates)
         if best is None:
             return None, best_score
         refined, refined_score = self._refine(mask, best, best_score)
         if refined_score > best_score + GRID_REFINE_GAIN:
             best, best_score = refined, refined_score
         return best, best_score
+
+    def _best_quad(self, mask, candidates):
+        """(the candidate that scores best as a grid, its score), or (None, GRID_MIN_SCORE)."""
+        best, best_score = None, GRID_MIN_SCORE
+        for quad in candidates:
+            quad_score = self._grid_score(mask, quad)
+            if quad_score > best_score:
+                best, best_score = quad, quad_score
+        return best, best_score
+
+    def _turned_candidates(self, mask, min_area):
+        """Candidate quadrilaterals (in ``mask``'s pixels) from the line mask of a copy turned
+        by the angle (GRID_TURNS) that leaves the most of it in long straight lines."""
+        height, width = mask.shape
+        centre = (width / 2.0, height / 2.0)
+        small = cv2.resize(mask, (width // 2, height // 2), interpolation=cv2.INTER_AREA)
+        length = max(9, min(small.shape) // 25)
+        best_turn, best_ink = 0.0, cv2.countNonZero(_long_lines(small, length))
+        for turn in GRID_TURNS:
+            matrix = cv2.getRotationMatrix2D((small.shape[1] / 2.0, small.shape[0] / 2.0), turn, 1.0)
+            turned = cv2.warpAffine(small, matrix, (small.shape[1], small.shape[0]))
+            ink = cv2.countNonZero(_long_lines(turned, length))
+            if ink > best_ink:
+                best_turn, best_ink = turn, ink
+        if not best_turn:
+            return []
+        matrix = cv2.getRotationMatrix2D(centre, best_turn, 1.0)
+        back = cv2.invertAffineTransform(matrix)
+        lines = _long_lines(cv2.warpAffine(mask, matrix, (width, height)))
+        hulls = [
+            cv2.convexHull(c) for c in cv2.findContours(lines, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)[0]
+        ]
+        hulls = [h for h in hulls if cv2.contourArea(h) >= min_area] + _hull_of_cell_groups(lines, min_area)
+        candidates = []
+        for hull in hulls:
+            for quad in _quads_of_hull(hull):
+                candidates.append(quad)
+                candidates.extend(self._one_more_row_or_col(quad))
+        return [
+            cv2.transform(quad.reshape(-1, 1, 2), back).reshape(4, 2).astype(np.float32)
+            for quad in candidates
+        ]
 
     def _refine(self, mask, quad, quad_score):
         """Move the corners one at a time while the grid score improves (coarse to fine):

@@ -4,9 +4,9 @@
     python -m engine_build.eval_real --data DIR --limit 40 --failures docs/failures/real
 
 Each photo goes through ``daemon.predict`` exactly as ``predict --roi grid`` reads it.
-``--blur``, ``--scale``, ``--light``, ``--shadow``, ``--noise`` and ``--jpeg`` read harder
-copies of the same photos (defocused, smaller, dim, half in a shadow, grainy, more
-compressed): how far the reading holds beyond the photos it was tuned on.
+``--blur``, ``--scale``, ``--light``, ``--shadow``, ``--noise``, ``--turn`` and ``--jpeg``
+read harder copies of the same photos (defocused, smaller, dim, half in a shadow, grainy,
+turned, more compressed): how far the reading holds beyond the photos it was tuned on.
 Prints grids located (the found outer frame against ``outlines.csv``), grids read
 exactly, cells right, digits right and empty cells right; writes ``real.json`` and the
 worst failures as images (wrong cells in red, "read/true") into ``--failures``.
@@ -206,11 +206,13 @@ class Degradation(object):
     """A harder copy of a photo: Gaussian blur of ``blur`` pixels (sigma), resized by
     ``scale``; its light times ``light`` (a dim room or a short exposure); a shadow's edge
     across the page, darker by the fraction ``shadow`` on one side; sensor noise of
-    ``noise`` grey levels (sigma); then saved as a JPEG of ``quality`` (None: none of these).
+    ``noise`` grey levels (sigma); turned by ``turn`` degrees (counter-clockwise, on a canvas
+    grown to hold all of it, the rest the photo's median colour); then saved as a JPEG of
+    ``quality`` (None: none of these).
     The shadow's direction and the noise are drawn from the photo's own pixels, so a copy
     is the same on every run."""
 
-    def __init__(self, blur=0.0, scale=1.0, quality=None, light=1.0, shadow=0.0, noise=0.0):
+    def __init__(self, blur=0.0, scale=1.0, quality=None, light=1.0, shadow=0.0, noise=0.0, turn=0.0):
         if (
             blur < 0
             or not 0 < scale <= 1
@@ -225,7 +227,7 @@ class Degradation(object):
                 % (blur, scale, quality, light, shadow, noise)
             )
         self.blur, self.scale, self.quality = blur, scale, quality
-        self.light, self.shadow, self.noise = light, shadow, noise
+        self.light, self.shadow, self.noise, self.turn = light, shadow, noise, turn
 
     def __bool__(self):
         return bool(
@@ -235,6 +237,7 @@ class Degradation(object):
             or self.light != 1.0
             or self.shadow
             or self.noise
+            or self.turn
         )
 
     def describe(self):
@@ -243,12 +246,19 @@ class Degradation(object):
         parts += ["light x %.2f" % self.light] if self.light != 1.0 else []
         parts += ["shadow %.2f" % self.shadow] if self.shadow else []
         parts += ["noise %.1f" % self.noise] if self.noise else []
+        parts += ["turned %g degrees" % self.turn] if self.turn else []
         parts += ["JPEG quality %d" % self.quality] if self.quality is not None else []
         return ", ".join(parts) or "as taken"
 
     def apply(self, image):
         if self.scale != 1.0:
             image = cv2.resize(image, None, fx=self.scale, fy=self.scale, interpolation=cv2.INTER_AREA)
+        if self.turn:
+            matrix, size = self.turn_matrix(image.shape)
+            median = np.median(image.reshape(-1, image.shape[2] if image.ndim == 3 else 1), axis=0)
+            image = cv2.warpAffine(
+                image, matrix, size, flags=cv2.INTER_LINEAR, borderValue=[float(v) for v in median]
+            )
         if self.blur:
             image = cv2.GaussianBlur(image, (0, 0), self.blur)
         if self.light != 1.0 or self.shadow or self.noise:
@@ -259,6 +269,17 @@ class Degradation(object):
                 raise ValueError("JPEG encoding failed")
             image = cv2.imdecode(encoded, cv2.IMREAD_UNCHANGED)
         return image
+
+    def turn_matrix(self, shape):
+        """(2x3 affine matrix, (width, height) of the canvas) that turns an image of ``shape``
+        (after scaling) by ``turn`` degrees onto a canvas that holds all of it."""
+        height, width = shape[:2]
+        matrix = cv2.getRotationMatrix2D((width / 2.0, height / 2.0), self.turn, 1.0)
+        cos, sin = abs(matrix[0, 0]), abs(matrix[0, 1])
+        size = (int(round(height * sin + width * cos)), int(round(height * cos + width * sin)))
+        matrix[0, 2] += size[0] / 2.0 - width / 2.0
+        matrix[1, 2] += size[1] / 2.0 - height / 2.0
+        return matrix, size
 
     def _lit(self, image):
         rng = np.random.default_rng(zlib.crc32(np.ascontiguousarray(image[::37, ::41]).tobytes()))
@@ -284,11 +305,28 @@ def read_degraded(reader, path, degradation):
     result = {"file": str(path)}
     result.update(reader.read_still(degradation.apply(image), "grid"))
     back = 1.0 / degradation.scale
+    if degradation.turn:
+        scaled = (
+            int(round(image.shape[0] * degradation.scale)),
+            int(round(image.shape[1] * degradation.scale)),
+        )
+        unturn = cv2.invertAffineTransform(degradation.turn_matrix(scaled)[0])
+    else:
+        unturn = None
+
+    def to_photo(points):
+        points = np.float32(points).reshape(-1, 1, 2)
+        if unturn is not None:
+            points = cv2.transform(points, unturn)
+        return (points.reshape(-1, 2) * back).tolist()
+
     if result.get("outline") is not None:
-        result["outline"] = [[x * back, y * back] for x, y in result["outline"]]
+        result["outline"] = to_photo(result["outline"])
     for digit in result.get("digits", []):
         if digit.get("box") is not None:
-            digit["box"] = [v * back for v in digit["box"]]
+            x, y, w, h = digit["box"]
+            (left, top), (right, bottom) = to_photo([[x, y], [x + w, y + h]])
+            digit["box"] = [left, top, right - left, bottom - top]
     return result
 
 
@@ -328,6 +366,9 @@ def parse_args(argv=None):
     parser.add_argument(
         "--noise", type=float, default=0.0, help="read copies with sensor noise of this sigma"
     )
+    parser.add_argument(
+        "--turn", type=float, default=0.0, help="read copies turned by this many degrees (counter-clockwise)"
+    )
     return parser.parse_args(argv)
 
 
@@ -335,7 +376,9 @@ def main(args):
     from daemon import config as config_module
     from daemon.reader import Reader
 
-    degradation = Degradation(args.blur, args.scale, args.jpeg, args.light, args.shadow, args.noise)
+    degradation = Degradation(
+        args.blur, args.scale, args.jpeg, args.light, args.shadow, args.noise, args.turn
+    )
     photos = load_photos(args.data, args.limit)
     config = config_module.load(args.config) if args.config else config_module.defaults()
 

@@ -234,7 +234,7 @@ def test_a_faint_blurred_grid_is_found_with_a_lower_threshold_when_the_first_fin
         _, found = roi.GridRoi().extract_grid(faint)
         assert found is not None and np.abs(np.subtract(found, sharp)).max() < 12, (seed, sharp, found)
         with monkeypatch.context() as patch:
-            patch.setattr(roi, "GRID_SEARCH_OFFSETS", roi.GRID_SEARCH_OFFSETS[:1])
+            patch.setattr(roi, "GRID_SEARCHES", ((False, roi.GRID_SEARCH_OFFSETS[0]),))
             assert roi.GridRoi().extract_grid(faint)[1] is None  # the first threshold alone misses it
 
 
@@ -244,12 +244,14 @@ def test_a_still_camera_without_a_grid_is_not_searched_again_until_the_scene_cha
     blank = np.full(grid_image.shape, 200, np.uint8)
     searches = []
     search = roi.GridRoi._search
-    monkeypatch.setattr(roi.GridRoi, "_search", lambda self, mask: searches.append(1) or search(self, mask))
+    monkeypatch.setattr(
+        roi.GridRoi, "_search", lambda self, mask, turned: searches.append(1) or search(self, mask, turned)
+    )
     extractor = roi.GridRoi()
     noise = np.random.default_rng(2)
     for _ in range(5):
         frame = np.clip(blank + noise.normal(0, 2.0, blank.shape), 0, 255).astype(np.uint8)
         assert extractor.extract_grid(frame)[1] is None
-    assert len(searches) == len(roi.GRID_SEARCH_OFFSETS)  # the first frame only, at each threshold
+    assert len(searches) == len(roi.GRID_SEARCHES)  # the first frame only: each threshold, then turned
     # the sheet is put in front of the camera: searched and found at once
     assert extractor.extract_grid(grid_image)[1] is not None
