@@ -63,7 +63,7 @@ def test_segment_reads_91_percent_of_handwritten_numbers(reader, mnist_test, cap
 def test_segment_reads_numbers_half_in_a_shadow(reader, mnist_test):
     """A shadow's edge across the page halves the contrast of the strokes on its dark side:
     under the stroke mask's fixed floor, their digits went missing (77 % of these read before
-    the paper was evenly lit, 88 % after)."""
+    the paper was evenly lit, 91 % after)."""
     from engine_build.eval_real import Degradation
 
     rng = np.random.default_rng(2028)
@@ -73,7 +73,23 @@ def test_segment_reads_numbers_half_in_a_shadow(reader, mnist_test):
     for _ in range(total):
         image, truth = synthetic.number_image(rng, *mnist_test)
         right += reader.read_still(shadow.apply(image), "segment")["number"] == truth
-    assert right >= 0.84 * total, right
+    assert right >= 0.86 * total, right
+
+
+def test_a_digit_beside_a_dark_margin_is_read_in_every_frame(reader, mnist_test):
+    """The benchmark's number: a sheet on a table, a dark bar at its left edge, the first
+    digit close to it, sensor noise on each frame. The paper's light measured on too coarse
+    a copy bled the bar into the paper beside it; the bar's stroke grew and took the digit
+    (20 of 150 frames read without their first digit)."""
+    from bench import modes
+
+    frame, _, is_right = modes.scenes(*mnist_test, ())["segment"]
+    wrong = []
+    for seed in range(20):
+        result = reader.read_still(modes.noisy(frame, seed), "segment")
+        if not is_right(result):
+            wrong.append((seed, result["number"]))
+    assert not wrong, wrong
 
 
 def test_grid_reads_98_percent_of_sudoku_cells(reader, mnist_test, held_out_fonts, capsys):
