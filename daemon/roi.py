@@ -791,13 +791,28 @@ class GridRoi(object):
         (None, GRID_MIN_SCORE) when none scores as a grid. ``turned``: the candidates of a
         page turned by more than a few degrees (``_turned_candidates``) instead."""
         min_area = GRID_MIN_AREA * mask.shape[0] * mask.shape[1]
-        if turned:
-            return self._refined_best(mask, self._turned_candidates(mask, min_area))
+        candidates = self._turned_candidates(mask, min_area) if turned else self._candidates(mask, min_area)
+        best, best_score = None, GRID_MIN_SCORE
+        for quad in candidates:
+            quad_score = self._grid_score(mask, quad)
+            if quad_score > best_score:
+                best, best_score = quad, quad_score
+        if best is None:
+            return None, best_score
+        refined, refined_score = self._refine(mask, best, best_score)
+        if refined_score > best_score + GRID_REFINE_GAIN:
+            best, best_score = refined, refined_score
+        return best, best_score
+
+    def _candidates(self, mask, min_area):
+        """Quadrilaterals that may be the grid: the outlines of large ink components and of
+        its long lines, and the hulls of groups of cell-shaped holes, each also grown by a row
+        or column."""
         candidates = []
         lines = _long_lines(mask)
         for source in (mask, lines):
-            contours, _ = cv2.findContours(source, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-            for contour in contours:
+            # [-2]: the contours, whether OpenCV 3 or 4 answers
+            for contour in cv2.findContours(source, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)[-2]:
                 hull = cv2.convexHull(contour)
                 if cv2.contourArea(hull) < min_area:
                     continue
@@ -806,59 +821,27 @@ class GridRoi(object):
             for quad in _quads_of_hull(hull):
                 candidates.append(quad)
                 candidates.extend(self._one_more_row_or_col(quad))
-        return self._refined_best(mask, candidates)
-
-    def _refined_best(self, mask, candidates):
-        """(corners, score) of the candidate that scores best as a grid, refined, or (None,
-        GRID_MIN_SCORE) when none does."""
-        best, best_score = self._best_quad(mask, candidates)
-        if best is None:
-            return None, best_score
-        refined, refined_score = self._refine(mask, best, best_score)
-        if refined_score > best_score + GRID_REFINE_GAIN:
-            best, best_score = refined, refined_score
-        return best, best_score
-
-    def _best_quad(self, mask, candidates):
-        """(the candidate that scores best as a grid, its score), or (None, GRID_MIN_SCORE)."""
-        best, best_score = None, GRID_MIN_SCORE
-        for quad in candidates:
-            quad_score = self._grid_score(mask, quad)
-            if quad_score > best_score:
-                best, best_score = quad, quad_score
-        return best, best_score
+        return candidates
 
     def _turned_candidates(self, mask, min_area):
-        """Candidate quadrilaterals (in ``mask``'s pixels) from the line mask of a copy turned
-        by the angle (GRID_TURNS) that leaves the most of it in long straight lines."""
+        """The ``_candidates`` of a copy of ``mask`` turned by the angle (GRID_TURNS) that
+        leaves the most of it in long straight lines, turned back into ``mask``'s pixels."""
         height, width = mask.shape
-        centre = (width / 2.0, height / 2.0)
         small = cv2.resize(mask, (width // 2, height // 2), interpolation=cv2.INTER_AREA)
         length = max(9, min(small.shape) // 25)
         best_turn, best_ink = 0.0, cv2.countNonZero(_long_lines(small, length))
         for turn in GRID_TURNS:
             matrix = cv2.getRotationMatrix2D((small.shape[1] / 2.0, small.shape[0] / 2.0), turn, 1.0)
-            turned = cv2.warpAffine(small, matrix, (small.shape[1], small.shape[0]))
-            ink = cv2.countNonZero(_long_lines(turned, length))
+            ink = cv2.countNonZero(_long_lines(cv2.warpAffine(small, matrix, small.shape[::-1]), length))
             if ink > best_ink:
                 best_turn, best_ink = turn, ink
         if not best_turn:
             return []
-        matrix = cv2.getRotationMatrix2D(centre, best_turn, 1.0)
+        matrix = cv2.getRotationMatrix2D((width / 2.0, height / 2.0), best_turn, 1.0)
         back = cv2.invertAffineTransform(matrix)
-        lines = _long_lines(cv2.warpAffine(mask, matrix, (width, height)))
-        hulls = [
-            cv2.convexHull(c) for c in cv2.findContours(lines, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)[0]
-        ]
-        hulls = [h for h in hulls if cv2.contourArea(h) >= min_area] + _hull_of_cell_groups(lines, min_area)
-        candidates = []
-        for hull in hulls:
-            for quad in _quads_of_hull(hull):
-                candidates.append(quad)
-                candidates.extend(self._one_more_row_or_col(quad))
         return [
             cv2.transform(quad.reshape(-1, 1, 2), back).reshape(4, 2).astype(np.float32)
-            for quad in candidates
+            for quad in self._candidates(cv2.warpAffine(mask, matrix, (width, height)), min_area)
         ]
 
     def _refine(self, mask, quad, quad_score):
