@@ -160,18 +160,16 @@ def _ink_mask(gray, block_fraction=0.08, offset=12, ink_bright=None):
     return cv2.adaptiveThreshold(blurred, 255, cv2.ADAPTIVE_THRESH_MEAN_C, cv2.THRESH_BINARY, block, -offset)
 
 
-def _stroke_mask(gray, stroke_fraction=0.1, offset=12, ink_bright=None):
+def _stroke_mask(gray, ink_bright, stroke_fraction=0.1, offset=12):
     """Binary mask of pen strokes under uneven light: the paper's own light is taken away
     first (a closing wider than a stroke is the paper without ink), so a shadow's edge, a
     dark margin or vignetting leave nothing behind, then strokes are what stands out of the
     paper by more than ``offset`` grey levels or Otsu's level, whichever is higher.
-    ``ink_bright`` None: the polarity is judged here."""
+    ``ink_bright``: the region's polarity (``region_ink_is_bright``)."""
 
     side = max(5, int(min(gray.shape) * stroke_fraction) | 1)
     kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (side, side))
     blurred = cv2.GaussianBlur(gray, (3, 3), 0)
-    if ink_bright is None:
-        ink_bright = region_ink_is_bright(gray)
     operation = cv2.MORPH_TOPHAT if ink_bright else cv2.MORPH_BLACKHAT
     strokes = cv2.morphologyEx(blurred, operation, kernel)
     level, _ = cv2.threshold(strokes, 0, 255, cv2.THRESH_BINARY | cv2.THRESH_OTSU)
@@ -287,7 +285,7 @@ class SegmentRoi(object):
             # the stroke mask's floor is a fixed grey level: half a page in a shadow held
             # its strokes under it
             work = even_light(work, SEGMENT_LIGHT_FRACTION * min(work.shape))
-        mask = _stroke_mask(work, ink_bright=ink_bright)
+        mask = _stroke_mask(work, ink_bright)
         mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((2, 2), np.uint8))
         count, labels, stats, _ = components(mask)
         min_height = max(6, self.min_height_fraction * work.shape[0])
