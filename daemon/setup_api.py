@@ -320,8 +320,9 @@ def reference_path(config_path, source_id):
 def _body_for_camera(source_id, body):
     """A request body whose ``roi`` is camera ``source_id``'s: under ``roi`` with the single
     source/roi form, else merged into that camera's entry of ``sources`` (the list is written
-    whole, the rest as it is: only the keys whose values change are written into it, as
-    ``roi`` writes only what changes); the other sections stay where they are."""
+    whole, the rest as it is). Only the keys whose values differ from the camera's settings
+    now go into its entry: the page sends every key, and the whole default ``roi`` would be
+    pinned into each camera's entry. The other sections stay where they are."""
 
     def body_for(plain, current):
         if source_id is None or "roi" not in body:
