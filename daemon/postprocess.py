@@ -91,6 +91,15 @@ def digit_confidence(probabilities):
     return float(np.max(probabilities[:DIGIT_CLASSES]))
 
 
+def readable_confidence(probabilities):
+    """How sure the model is that a crop shows a digit or a drum between two: its likeliest
+    class but "not a digit"."""
+    values = np.asarray(probabilities)
+    if len(values) <= DIGIT_CLASSES:
+        return float(values.max())
+    return float(np.delete(values, DIGIT_CLASSES).max())
+
+
 def classify(probabilities, min_confidence):
     """Return (digit or None, confidence) for one probability vector: None when the crop is
     not a digit (reject class), a drum in transition, or the likeliest digit is below

@@ -144,12 +144,12 @@ class Reader(object):
 
     def _params_for(self, region):
         """The preprocess settings of one ROI: a box with its own polarity overrides the
-        section's; a grid cell carries its grid's judged polarity, which fills in for ``auto``
-        only."""
+        section's; a grid cell or a number's digit carries the polarity judged for its whole
+        grid or page, which fills in for ``auto`` only."""
         polarity = region.polarity
+        if polarity is None and self.params.polarity == "auto":
+            polarity = region.judged_polarity
         if polarity is None or polarity == self.params.polarity:
-            return self.params
-        if region.cell is not None and self.params.polarity != "auto":
             return self.params
         params = self._params_by_polarity.get(polarity)
         if params is None:
@@ -160,15 +160,28 @@ class Reader(object):
 
     def infer(self, prepared):
         """The non-empty prepared crops through the backend in one call; per crop, its
-        probability vector, or None for an empty crop (which never reaches the model)."""
-        tensors = [p.tensor for p in prepared if not p.empty]
-        if not tensors:
+        probability vector, or None for an empty crop (which never reaches the model).
+
+        A crop whose polarity was left open (``PreparedCrop.other``) is read both ways in the
+        same call; the way read surer that it shows a digit (or a rolling drum) is kept, and
+        the crop becomes that one (``take_other``: the debug view shows what was read)."""
+        read = [p for p in prepared if not p.empty]
+        if not read:
             return [None] * len(prepared)
-        tensors = np.stack(tensors)
+        open_crops = [p for p in read if p.other is not None]
+        tensors = np.stack([p.tensor for p in read] + [p.other.tensor for p in open_crops])
         with self.lock:
             rows = second_look(self.backend, tensors, self.backend.infer_all(tensors), self.second_look_below)
-        rows = iter(rows)
-        return [None if p.empty else next(rows) for p in prepared]
+        by_crop = dict(zip(map(id, read), rows[: len(read)]))
+        for crop, other_row in zip(open_crops, rows[len(read) :]):
+            if postprocess.readable_confidence(other_row) > postprocess.readable_confidence(
+                by_crop[id(crop)]
+            ):
+                crop.take_other()
+                by_crop[id(crop)] = other_row
+            else:
+                crop.other = None
+        return [None if p.empty else by_crop[id(p)] for p in prepared]
 
     def readings(self, image, probabilities):
         """A PreparedImage's probabilities -> RoiReadings (digit or none, confidence, box)."""

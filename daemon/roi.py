@@ -26,12 +26,14 @@ log = logging.getLogger(__name__)
 class Roi(object):
     """One crop to classify. ``box`` is (x, y, w, h) in frame pixels; ``line`` groups digits
     into numbers; ``cell`` is (row, col) in grid mode, else None; ``polarity`` overrides the
-    preprocess setting for this crop when set (a box's own ``polarity``); ``style`` is the
-    box's digit style (``drum``, ``segments``, ...; None: any, as ``auto``)."""
+    preprocess setting for this crop when set (a box's own ``polarity``); ``judged_polarity``
+    is the one the ROI stage judged for the whole grid or page the crop is in, which fills in
+    for ``auto`` only; ``style`` is the box's digit style (``drum``, ``segments``, ...; None:
+    any, as ``auto``)."""
 
-    __slots__ = ("id", "box", "crop", "line", "cell", "polarity", "style")
+    __slots__ = ("id", "box", "crop", "line", "cell", "polarity", "style", "judged_polarity")
 
-    def __init__(self, roi_id, box, crop, line=0, cell=None, polarity=None, style=None):
+    def __init__(self, roi_id, box, crop, line=0, cell=None, polarity=None, style=None, judged_polarity=None):
         self.id = roi_id
         self.box = box
         self.crop = crop
@@ -39,6 +41,7 @@ class Roi(object):
         self.cell = cell
         self.polarity = polarity
         self.style = style
+        self.judged_polarity = judged_polarity
 
 
 def clip_box(box, width, height):
@@ -286,6 +289,9 @@ class SegmentRoi(object):
             # its strokes under it
             work = even_light(work, SEGMENT_LIGHT_FRACTION * min(work.shape))
         mask = _stroke_mask(work, ink_bright)
+        # the digits inherit the page's polarity, judged once on all of it: a bold digit alone
+        # can leave it open (preprocess.POLARITY_OPEN)
+        polarity = "light_on_dark" if ink_bright else "dark_on_light"
         mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((2, 2), np.uint8))
         count, labels, stats, _ = components(mask)
         min_height = max(6, self.min_height_fraction * work.shape[0])
@@ -314,7 +320,15 @@ class SegmentRoi(object):
                 crop = self._crop(work, labels, box)
                 full_box = tuple(int(round(v / scale)) for v in box[:4])
                 full_box = (full_box[0] + ox, full_box[1] + oy, full_box[2], full_box[3])
-                rois.append(Roi("d%d_%d" % (line_index, position), full_box, crop, line_index))
+                rois.append(
+                    Roi(
+                        "d%d_%d" % (line_index, position),
+                        full_box,
+                        crop,
+                        line_index,
+                        judged_polarity=polarity,
+                    )
+                )
         return rois
 
     @staticmethod
@@ -975,7 +989,7 @@ class GridRoi(object):
             )
             (a, b) = corners_back[0][index], corners_back[1][index]
             box = (int(a[0]) + ox, int(a[1]) + oy, max(1, int(b[0] - a[0])), max(1, int(b[1] - a[1])))
-            rois.append(Roi("r%dc%d" % (row, col), box, crop, row, (row, col), polarity))
+            rois.append(Roi("r%dc%d" % (row, col), box, crop, row, (row, col), judged_polarity=polarity))
         return rois, outline
 
     def _evenly_lit(self, flat, ink_bright):

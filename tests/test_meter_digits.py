@@ -4,7 +4,7 @@ seed training never uses), read by the shipped model: the issue's floors."""
 import numpy as np
 import pytest
 
-from daemon import config
+from daemon import config, postprocess, preprocess
 from daemon.model_meta import TRANSITION_CLASS
 from daemon.reader import Reader
 from engine_build import eval_meters, meter_digits
@@ -93,3 +93,47 @@ def test_a_drum_box_reports_rolling_drums_and_a_segments_box_never_does(reader):
         read = [r["digit"] for r in read_as_boxes(reader, segments, brights, style)]
         right = sum(1 for digit, label in zip(read, labels) if digit == label)
         assert right >= 0.97 * len(labels), (style, right)
+
+
+@needs_meter_model
+def test_a_meter_digit_whose_pixels_leave_its_polarity_open_is_read_the_way_the_model_reads_surer(reader):
+    """A bold digit that fills its box (a drum, a seven-segment display) leaves stretches
+    where the ink is the majority, and its polarity judged from its pixels alone is wrong for
+    1 to 2 % of meter crops: read that way it is a wrong digit. With ``auto`` polarity (as
+    ``predict --roi full`` reads a box with no config), a crop whose pixels leave the polarity
+    open is prepared both ways and the way the model reads surer is kept: meter digits then
+    read as well as with each box's polarity set."""
+    assert reader.params.polarity == "auto"
+    rng = np.random.default_rng(eval_meters.HELD_OUT_SEED)
+    crops, labels, brights = meter_digits.render_crops(4000, rng, held_out=True)
+    digits = [(crop, label, bright) for crop, label, bright in zip(crops, labels, brights) if label < 10]
+    misjudged = [
+        (crop, label, bright)
+        for crop, label, bright in digits
+        if preprocess.ink_is_bright(preprocess.to_gray(crop)) != bright
+    ]
+    assert len(misjudged) >= 20  # what the test is about is there to see
+
+    def right(rows, crops_read):
+        return sum(
+            int(row is not None and postprocess.classify(row, reader.min_confidence)[0] == label)
+            for row, (_, label, _) in zip(rows, crops_read)
+        )
+
+    guessed = [
+        preprocess.PreprocessParams(polarity="dark_on_light" if bright else "light_on_dark")
+        for _, _, bright in misjudged
+    ]
+    read_as_guessed = right(
+        reader.infer([preprocess.prepare(crop, params) for (crop, _, _), params in zip(misjudged, guessed)]),
+        misjudged,
+    )
+    read_auto = right(
+        reader.infer([preprocess.prepare(crop, reader.params) for crop, _, _ in misjudged]), misjudged
+    )
+    assert read_as_guessed <= 0.25 * len(misjudged), (read_as_guessed, len(misjudged))
+    assert read_auto >= 0.8 * len(misjudged), (read_auto, len(misjudged))
+    # and the crops whose polarity their pixels settle read as before: all of them together
+    # as well as with the polarity set
+    all_auto = right(reader.infer([preprocess.prepare(crop, reader.params) for crop, _, _ in digits]), digits)
+    assert all_auto >= 0.99 * len(digits), (all_auto, len(digits))
