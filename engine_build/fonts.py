@@ -56,6 +56,17 @@ def find_fonts(families):
     return sorted(set(found))
 
 
+class MissingFontsError(FileNotFoundError):
+    """Training families with no font file on this machine."""
+
+
+def missing_training_families():
+    """The TRAINING_FAMILIES no font file on this machine belongs to (``make train-fonts``
+    installs them all)."""
+    found = [os.path.basename(path) for path in find_fonts(TRAINING_FAMILIES)]
+    return [family for family in TRAINING_FAMILIES if not any(name.startswith(family) for name in found)]
+
+
 def training_fonts():
     """TrueType files of TRAINING_FAMILIES, then every Hershey face in every weight
     (``hershey:<face>:<weight>``; OpenCV draws those, so they exist wherever it does)."""
