@@ -2,6 +2,7 @@
 between two digits are reported as such.
 
     python -m engine_build.eval_meters                # the shipped ONNX model, 4000 crops
+    python -m engine_build.eval_meters --auto-polarity  # each crop's polarity judged from it
 
 The crops come from ``engine_build.meter_digits`` with the held-out typefaces (FreeFont) and
 a seed training never uses; they go through the daemon's own Reader (preprocess, backend
@@ -23,9 +24,12 @@ from engine_build import meter_digits
 HELD_OUT_SEED = 20240613  # training uses --seed (1234 by default) and never this one
 
 
-def measure(backend, count=4000, seed=HELD_OUT_SEED, min_confidence=None, second_look_below=None):
+def measure(
+    backend, count=4000, seed=HELD_OUT_SEED, min_confidence=None, second_look_below=None, auto_polarity=False
+):
     """Figures for ``count`` held-out crops read with ``backend`` (a daemon backend) and the
-    postprocess settings given (default the daemon's)."""
+    postprocess settings given (default the daemon's); ``auto_polarity``: each crop's polarity
+    judged from it, as a box with none set (``predict --roi full`` with no config)."""
     settings = config.defaults()
     if min_confidence is None:
         min_confidence = settings.postprocess.min_confidence
@@ -36,7 +40,10 @@ def measure(backend, count=4000, seed=HELD_OUT_SEED, min_confidence=None, second
     crops, labels, brights = meter_digits.render_crops(count, rng, held_out=True)
     prepared = [
         preprocess.prepare(
-            crop, preprocess.PreprocessParams(polarity="light_on_dark" if bright else "dark_on_light")
+            crop,
+            preprocess.PreprocessParams(
+                polarity="auto" if auto_polarity else "light_on_dark" if bright else "dark_on_light"
+            ),
         )
         for crop, bright in zip(crops, brights)
     ]
@@ -93,6 +100,11 @@ def main(argv=None):
         default=None,
         help="postprocess.second_look_below (default the daemon's; 0 = off)",
     )
+    parser.add_argument(
+        "--auto-polarity",
+        action="store_true",
+        help="judge each crop's polarity from its pixels (a box with none set) instead of setting it",
+    )
     args = parser.parse_args(argv)
     from daemon.backends import load_backend
 
@@ -104,13 +116,26 @@ def main(argv=None):
     ).backend
     backend = load_backend(settings, 256)
     try:
-        figures = measure(backend, args.count, args.seed, second_look_below=args.second_look_below)
+        figures = measure(
+            backend,
+            args.count,
+            args.seed,
+            second_look_below=args.second_look_below,
+            auto_polarity=args.auto_polarity,
+        )
     finally:
         backend.close()
     print("%s, %s" % (args.model, backend.name))
     print(
-        "held-out meter digits (FreeFont drums, seven segments; seed %d): %d of %d read right (%.2f %%)"
-        % (args.seed, figures["digits_right"], figures["digits"], 100 * figures["digit_accuracy"])
+        "held-out meter digits (FreeFont drums, seven segments; seed %d; polarity %s): "
+        "%d of %d read right (%.2f %%)"
+        % (
+            args.seed,
+            "judged from each crop" if args.auto_polarity else "set per box",
+            figures["digits_right"],
+            figures["digits"],
+            100 * figures["digit_accuracy"],
+        )
     )
     print(
         "drums in transition reported as such: %d of %d (%.2f %%); read as a digit: %d"
