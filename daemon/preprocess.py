@@ -36,6 +36,10 @@ POLARITY_SIZE = 24  # polarity is judged on a copy this small: it needs the stro
 # surer is kept. Held-out meter digits with auto polarity: 98.3 -> 99.4 % (as with the
 # polarity set); 11 % of them are read twice.
 POLARITY_OPEN = 0.15
+# A page's polarity: its bright-ink share on a copy this small overrules the thin-feature
+# test when it lies more than REGION_SHARE_CLEAR from a half (region_ink_is_bright)
+REGION_SHARE_SIZE = 128
+REGION_SHARE_CLEAR = 0.2
 SHARPEN_FRACTION = 24.0
 
 
@@ -158,7 +162,7 @@ def ink_is_bright(gray):
     return bright_ink_share(gray) > 0.5
 
 
-def bright_ink_share(gray):
+def bright_ink_share(gray, size=POLARITY_SIZE):
     """The share of a crop's contrast that lies above its paper (0..1): near 1 light ink on
     dark paper, near 0 dark ink on light.
 
@@ -168,8 +172,8 @@ def bright_ink_share(gray):
     do not flip the answer as "the border is paper" did. A bold digit that fills its box
     (a meter's drum, a seven-segment display) leaves stretches where the ink is the majority
     too: the share then comes out near a half (POLARITY_OPEN)."""
-    # the smallest whole factor that brings it to POLARITY_SIZE or less: the median is cheaper
-    small = block_average(gray, -(-max(gray.shape) // POLARITY_SIZE))
+    # the smallest whole factor that brings it to ``size`` or less: the median is cheaper
+    small = block_average(gray, -(-max(gray.shape) // size))
     kernel = _background_kernel(small)
     paper = cv2.medianBlur(small, kernel)
     # near the border the median window runs off the crop and repeats its edge (a dark margin
@@ -223,11 +227,20 @@ def region_ink_is_bright(gray):
     Ink is thin: on a 256 px copy, a closing with a small disc fills dark strokes
     (black-hat), an opening removes bright ones (top-hat); the polarity whose thin
     features hold more contrast is the ink. Tables, margins, vignetting and shadows are
-    wide and count for neither."""
+    wide and count for neither.
+
+    Strokes wider than the disc (big digits close up, a bold marker) are no thin features,
+    the gaps between them are: then the paper's median (``bright_ink_share`` on a
+    REGION_SHARE_SIZE copy) speaks clearly, and overrules the disc when it lies more than
+    REGION_SHARE_CLEAR from a half. On a photo of a page, table and margins keep it near a
+    half (0.10 to 0.52 on the 160 sudoku photos as taken), and the disc decides."""
     small = _shrunk(gray, 256)
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
     dark_strokes = cv2.sumElems(cv2.morphologyEx(small, cv2.MORPH_BLACKHAT, kernel))[0]
     bright_strokes = cv2.sumElems(cv2.morphologyEx(small, cv2.MORPH_TOPHAT, kernel))[0]
+    share = bright_ink_share(gray, REGION_SHARE_SIZE)
+    if abs(share - 0.5) > REGION_SHARE_CLEAR:
+        return share > 0.5
     return bright_strokes > dark_strokes
 
 

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from daemon import preprocess
+from tests import synthetic
 from tests.synthetic import paper_crop
 
 
@@ -175,6 +176,21 @@ def test_region_polarity_of_real_photos_with_dark_borders():
         gray = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
         assert not preprocess.region_ink_is_bright(gray), path.name
         assert preprocess.region_ink_is_bright(255 - gray), path.name
+
+
+def test_region_polarity_of_a_page_whose_strokes_are_wider_than_its_gaps(mnist_test):
+    """Digits in a bold marker close up: the thin features of the page are the gaps between
+    the strokes, and the paper's median, far from a half, decides."""
+    images, _ = mnist_test
+    for seed in range(10):
+        rng = np.random.default_rng(seed)
+        sheet = synthetic.paper(rng, 420, 200)
+        for position, index in enumerate(rng.integers(0, 1000, 3)):
+            glyph = cv2.dilate(synthetic.mnist_glyph(images[int(index)], 100), np.ones((7, 7), np.uint8))
+            synthetic.ink(sheet, glyph, 60 + 110 * position, 50, 0.9)
+        page = np.clip(sheet, 0, 255).astype(np.uint8)
+        assert not preprocess.region_ink_is_bright(page), seed
+        assert preprocess.region_ink_is_bright(255 - page), seed
 
 
 def _holes(tensor):
