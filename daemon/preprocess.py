@@ -235,12 +235,12 @@ def region_ink_is_bright(gray):
     REGION_SHARE_CLEAR from a half. On a photo of a page, table and margins keep it near a
     half (0.10 to 0.52 on the 160 sudoku photos as taken), and the disc decides."""
     small = _shrunk(gray, 256)
+    share = bright_ink_share(small, REGION_SHARE_SIZE)
+    if abs(share - 0.5) > REGION_SHARE_CLEAR:
+        return share > 0.5
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
     dark_strokes = cv2.sumElems(cv2.morphologyEx(small, cv2.MORPH_BLACKHAT, kernel))[0]
     bright_strokes = cv2.sumElems(cv2.morphologyEx(small, cv2.MORPH_TOPHAT, kernel))[0]
-    share = bright_ink_share(gray, REGION_SHARE_SIZE)
-    if abs(share - 0.5) > REGION_SHARE_CLEAR:
-        return share > 0.5
     return bright_strokes > dark_strokes
 
 
