@@ -232,8 +232,9 @@ def region_ink_is_bright(gray):
     Strokes wider than the disc (big digits close up, a bold marker) are no thin features,
     the gaps between them are: then the paper's median (``bright_ink_share`` on a
     REGION_SHARE_SIZE copy) speaks clearly, and overrules the disc when it lies more than
-    REGION_SHARE_CLEAR from a half. On a photo of a page, table and margins keep it near a
-    half (0.10 to 0.52 on the 160 sudoku photos as taken), and the disc decides."""
+    REGION_SHARE_CLEAR from a half. On the 160 sudoku photos as taken it lies at 0.10 to
+    0.52: where it is clear it agrees with the disc; tables and margins keep it near a half
+    elsewhere, and the disc decides."""
     small = _shrunk(gray, 256)
     share = bright_ink_share(small, REGION_SHARE_SIZE)
     if abs(share - 0.5) > REGION_SHARE_CLEAR:
