@@ -150,12 +150,10 @@ def _reduced(gray, scale):
     return cv2.resize(gray, None, fx=scale, fy=scale, interpolation=reduction_interpolation(scale))
 
 
-def _ink_mask(gray, block_fraction=0.08, offset=12, ink_bright=None):
+def _ink_mask(gray, ink_bright, block_fraction=0.08, offset=12):
     """Binary mask of ink (dark on light or light on dark) with local (adaptive) thresholding;
-    ``ink_bright`` None: the polarity is judged here (``preprocess.region_ink_is_bright``)."""
+    ``ink_bright``: the region's polarity (``preprocess.region_ink_is_bright``)."""
 
-    if ink_bright is None:
-        ink_bright = region_ink_is_bright(gray)
     if not ink_bright:
         gray = cv2.bitwise_not(gray)
     block = max(15, int(min(gray.shape) * block_fraction) | 1)
@@ -774,9 +772,10 @@ class GridRoi(object):
         # INTER_AREA: bilinear here loses thin grid lines (one real photo's grid not found)
         work = cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else gray
         masks = {}  # by ink-mask offset: the check and the search share one
+        ink_bright = region_ink_is_bright(work)  # and every mask the polarity, judged once
         if tracked is not None:
             # checked with the threshold it was found with
-            mask = masks[tracked[4]] = _ink_mask(work, block_fraction=0.04, offset=tracked[4])
+            mask = masks[tracked[4]] = _ink_mask(work, ink_bright, block_fraction=0.04, offset=tracked[4])
             if tracked[0] == mask.shape and self._grid_score(mask, tracked[1]) >= max(
                 GRID_MIN_SCORE, tracked[2] - GRID_TRACK_DROP
             ):
@@ -788,7 +787,7 @@ class GridRoi(object):
         for turned, offset in GRID_SEARCHES:
             mask = masks.get(offset)
             if mask is None:
-                mask = masks[offset] = _ink_mask(work, block_fraction=0.04, offset=offset)
+                mask = masks[offset] = _ink_mask(work, ink_bright, block_fraction=0.04, offset=offset)
             best, best_score = self._search(mask, turned)
             if best is not None:
                 break
@@ -1037,7 +1036,7 @@ class GridRoi(object):
 
     def _digit_components(self, flat, ink_bright):
         """(ink mask, component labels, component stats) of the flat grid without its lines."""
-        mask = _ink_mask(flat, block_fraction=0.05, offset=8, ink_bright=ink_bright)
+        mask = _ink_mask(flat, ink_bright, block_fraction=0.05, offset=8)
         line_masks = _line_masks(mask, int(self.cell_px * 1.5))
         lines = _long_lines(mask, line_masks=line_masks)
         strokes = cv2.bitwise_and(mask, cv2.bitwise_not(lines))
