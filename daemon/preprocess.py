@@ -156,12 +156,6 @@ def block_average(gray, factor, min_side=3):
     )
 
 
-def ink_is_bright(gray):
-    """Whether the ink of a crop (one digit or a few) is brighter than its paper: more than
-    half of its contrast (``bright_ink_share``) lies above the paper."""
-    return bright_ink_share(gray) > 0.5
-
-
 def bright_ink_share(gray, size=POLARITY_SIZE):
     """The share of a crop's contrast that lies above its paper (0..1): near 1 light ink on
     dark paper, near 0 dark ink on light.
