@@ -113,7 +113,9 @@ def test_notify_ready_watchdog_cadence_and_stopping(tmp_path):
         assert 0.35 < np.median(gaps) < 0.75
     finally:
         assert stop(process) == 0
-    time.sleep(0.3)
+    deadline = time.monotonic() + 5  # the collector thread may not have read it yet
+    while not notify.times("STOPPING=1") and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert notify.times("STOPPING=1"), notify.messages
     notify.close()
 
