@@ -995,10 +995,12 @@ class GridRoi(object):
         """The flat grid with its paper evenly lit (``preprocess.even_light``, a closing half a
         cell wide): the ink mask's offset and the crops' contrast floor are fixed grey levels,
         which a shadow or dim light would otherwise put out of reach. Light ink on dark paper
-        is left as it is (its dark paper has no light to divide by)."""
+        is left as it is (its dark paper has no light to divide by). Half a cell is narrower
+        than a digit, so the closing is by lines (a square took the part of a digit on a
+        shadow's edge for shadowed paper)."""
         if ink_bright:
             return flat
-        return even_light(flat, self.cell_px // 2)
+        return even_light(flat, self.cell_px // 2, by_lines=True)
 
     def _digit_cores(self, stats):
         """{cell index: the components that are the core of its digit}: a box centred in the

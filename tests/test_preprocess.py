@@ -246,6 +246,32 @@ def test_even_light_brings_a_shadowed_page_to_one_paper_grey_and_keeps_the_inks_
     assert int(shadowed[80, 150]) <= int(shadowed[50, 21])
 
 
+def test_even_light_keeps_every_stroke_of_a_digit_on_a_shadows_edge():
+    """Strokes across a shadow's slanted edge belong to neither side: a square closing took
+    parts of them for the shadow's paper and divided them away (digits lying on the edge of
+    a shadow were read as empty cells or as other digits). The grid's closing, half a cell
+    wide, is narrower than a digit and closes by lines."""
+    size = 120
+    rows, cols = np.mgrid[0:size, 0:size].astype(np.float32)
+    light = 1.0 - 0.5 * cv2.GaussianBlur((rows > cols).astype(np.float32), (0, 0), 2.0)
+    page = np.full((size, size), 180, np.uint8)
+    cv2.line(page, (35, 50), (65, 50), 90, 5)  # a 7: its bar in the shadow,
+    cv2.line(page, (65, 50), (50, 90), 90, 5)  # its stem crossing into the light
+    cv2.line(page, (20, 100), (100, 20), 90, 5)  # a stroke across the edge
+    shadowed = np.round(page * light).astype(np.uint8)
+
+    even = preprocess.even_light(shadowed, 25, by_lines=True)
+    square = preprocess.even_light(shadowed, 25)
+
+    stroke = page < 135
+    assert even[stroke].max() <= 0.6 * preprocess.EVEN_PAPER, even[stroke].max()  # half the paper's
+    assert square[stroke].max() > 0.8 * preprocess.EVEN_PAPER  # what a square closing did
+    clear = cv2.dilate(stroke.astype(np.uint8), np.ones((9, 9), np.uint8)) == 0
+    clear &= np.abs(rows - cols) > 8  # the light's own soft edge, a few pixels either side
+    paper = even[20:-20, 20:-20][clear[20:-20, 20:-20]].astype(int)  # away from the corners
+    assert np.percentile(np.abs(paper - preprocess.EVEN_PAPER), 99) <= 8
+
+
 def test_even_light_lifts_a_black_margin_no_more_than_fourfold():
     """A black table beside the page is no paper: its sensor noise, lifted to the paper's
     grey, would pass for strokes."""
