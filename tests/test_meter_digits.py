@@ -13,7 +13,11 @@ from tests.helpers import needs_meter_model
 
 @needs_meter_model
 def test_held_out_meter_digits_are_read_and_rolling_drums_reported(reader, capsys):
-    figures = eval_meters.measure(reader.backend, count=2000)
+    # all 4,000 held-out crops, as `make eval-meters` and the README count them: on their
+    # first 2,000 alone (1,609 digits) one crop is 0.06 points, and models a crop apart
+    # lay either side of 99 % (the shipped one until seed 3: 99.01 %; seed 3: 98.88 %,
+    # and 99.31 % of all 3,189 digits)
+    figures = eval_meters.measure(reader.backend)
     with capsys.disabled():
         print(
             "\nheld-out meter digits: %d of %d right (%.2f %%); transitions reported %d of %d (%.2f %%)"
@@ -134,5 +138,5 @@ def test_a_meter_digit_whose_pixels_leave_its_polarity_open_is_read_the_way_the_
     assert read_as_guessed <= 0.25 * len(misjudged), (read_as_guessed, len(misjudged))
     assert read_auto >= 0.8 * len(misjudged), (read_auto, len(misjudged))
     # and all of them together as well as with each box's polarity set
-    figures = eval_meters.measure(reader.backend, count=2000, auto_polarity=True)
+    figures = eval_meters.measure(reader.backend, auto_polarity=True)  # all 4,000, as above
     assert figures["digit_accuracy"] >= 0.99, figures["confusions"]
