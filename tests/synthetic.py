@@ -95,6 +95,19 @@ def number_image(rng, images, labels):
     return finish(sheet, rng), "".join(str(labels[i]) for i in picks)
 
 
+def bold_marker_page(rng, images, labels):
+    """Three MNIST digits 100 px tall in a bold marker (dilated by 7 px: strokes about 15 px)
+    on a 420 x 200 px page, dark on light; returns (page, truth)."""
+    sheet = paper(rng, 420, 200)
+    x, truth = 60, ""
+    for index in rng.integers(0, 1000, 3):
+        glyph = cv2.dilate(mnist_glyph(images[int(index)], 100), np.ones((7, 7), np.uint8))
+        ink(sheet, glyph, x, 50, 0.9)
+        x += glyph.shape[1] + 15
+        truth += str(labels[int(index)])
+    return np.clip(sheet, 0, 255).astype(np.uint8), truth
+
+
 def printed_glyph(font_path, digit, height, rng):
     glyph = fonts.render_glyph(font_path, digit, size=int(height * 1.4))
     scale = height / float(glyph.shape[0])

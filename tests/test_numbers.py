@@ -66,18 +66,9 @@ def test_a_number_in_bold_marker_close_up_is_read_dark_on_light_and_light_on_dar
     than the strokes. Judged the wrong way round, the stroke mask took the gaps for ink and
     not one of these numbers read; the paper's median now overrules a verdict it clearly
     contradicts."""
-    images, labels = mnist_test
     right = {"dark on light": 0, "light on dark": 0}
     for seed in range(10):
-        rng = np.random.default_rng(seed)
-        sheet = synthetic.paper(rng, 420, 200)
-        x, truth = 60, ""
-        for index in rng.integers(0, 1000, 3):
-            glyph = cv2.dilate(synthetic.mnist_glyph(images[int(index)], 100), np.ones((7, 7), np.uint8))
-            synthetic.ink(sheet, glyph, x, 50, 0.9)
-            x += glyph.shape[1] + 15
-            truth += str(labels[int(index)])
-        page = np.clip(sheet, 0, 255).astype(np.uint8)
+        page, truth = synthetic.bold_marker_page(np.random.default_rng(seed), *mnist_test)
         right["dark on light"] += reader.read_still(page, "segment")["number"] == truth
         right["light on dark"] += reader.read_still(255 - page, "segment")["number"] == truth
     assert min(right.values()) >= 7, right

@@ -181,14 +181,8 @@ def test_region_polarity_of_real_photos_with_dark_borders():
 def test_region_polarity_of_a_page_whose_strokes_are_wider_than_its_gaps(mnist_test):
     """Digits in a bold marker close up: the thin features of the page are the gaps between
     the strokes, and the paper's median, far from a half, decides."""
-    images, _ = mnist_test
     for seed in range(10):
-        rng = np.random.default_rng(seed)
-        sheet = synthetic.paper(rng, 420, 200)
-        for position, index in enumerate(rng.integers(0, 1000, 3)):
-            glyph = cv2.dilate(synthetic.mnist_glyph(images[int(index)], 100), np.ones((7, 7), np.uint8))
-            synthetic.ink(sheet, glyph, 60 + 110 * position, 50, 0.9)
-        page = np.clip(sheet, 0, 255).astype(np.uint8)
+        page, _ = synthetic.bold_marker_page(np.random.default_rng(seed), *mnist_test)
         assert not preprocess.region_ink_is_bright(page), seed
         assert preprocess.region_ink_is_bright(255 - page), seed
 
